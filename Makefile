@@ -1,0 +1,26 @@
+# Two commands for a new user: `make run` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-requirements
+
+.PHONY: install run test clean
+
+install: $(STAMP)
+
+# Re-install whenever requirements.txt changes.
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+# gunicorn on 127.0.0.1:$(PORT) in the foreground, with the upstream API it starts beside it.
+run: $(STAMP)
+	UPSTREAM_START=1 exec $(BIN)/gunicorn app:app
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) instance reports .pytest_cache

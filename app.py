@@ -1,0 +1,165 @@
+"""The Flask app: routes that hand I/O to the thread pool and CPU work to the process pool."""
+import time
+
+from flask import Blueprint, Flask, current_app, jsonify, request
+from flask.json.provider import DefaultJSONProvider
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
+
+from config import Config
+from pools import Pools, PoolRestarted
+from services import primes
+from services.api import ApiSource
+from services.db import DbSource
+from services.files import FileSource
+
+bp = Blueprint("service", __name__)
+READ_MODES = ("concurrent", "sequential")
+PRIME_MODES = ("auto", "inline", "process")
+
+
+class OrderedJSONProvider(DefaultJSONProvider):
+    """Keeps keys in insertion order (request order for /is_prime), formatted as json.dumps does."""
+
+    sort_keys = False
+
+    def response(self, *args, **kwargs):
+        """Serialise one object (or the keyword arguments) into a JSON response."""
+        obj = args[0] if len(args) == 1 else (args or kwargs)
+        return self._app.response_class(self.dumps(obj), mimetype=self.mimetype)
+
+
+def create_app(test_config=None):
+    """Create the app: config from the environment (or `test_config`), its sources and pools."""
+    app = Flask(__name__)
+    app.config.from_object(Config)
+    if test_config:
+        app.config.update(test_config)
+    cfg = app.config
+    app.json = OrderedJSONProvider(app)
+    # A POST body holds at most PRIME_MAX_ITEMS numbers of PRIME_MAX_DIGITS digits, quoted.
+    app.config["MAX_CONTENT_LENGTH"] = cfg["PRIME_MAX_ITEMS"] * (cfg["PRIME_MAX_DIGITS"] + 4) + 64
+
+    sources = [
+        FileSource(cfg["FILE_PATH"], cfg["FILE_DELAY_MS"] / 1000),
+        DbSource(cfg["DATABASE_URL"], cfg["DB_DELAY_MS"] / 1000, cfg["DB_POOL_SIZE"]),
+        ApiSource(cfg["API_URL"]),
+    ]
+    app.extensions["sources"] = {source.name: source for source in sources}
+    thread_size = cfg["THREAD_POOL_SIZE"] or cfg["WEB_THREADS"] * len(sources)
+    app.extensions["pools"] = Pools(thread_size, cfg["PROCESS_POOL_SIZE"], ["services.primes"])
+
+    app.register_blueprint(bp)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(RequestEntityTooLarge, _body_too_large)
+    app.register_error_handler(primes.InputError, _input_error)
+    app.register_error_handler(PoolRestarted, _pool_restarted)
+    return app
+
+
+@bp.get("/")
+def index():
+    """Read the file, the database and the API, concurrently (default) or one after another."""
+    mode = _choice("mode", READ_MODES)
+    start = time.perf_counter()
+    deadline = time.monotonic() + current_app.config["REQUEST_TIMEOUT_S"]
+    sources = current_app.extensions["sources"]
+    outcomes = current_app.extensions["pools"].gather(
+        {name: source.read for name, source in sources.items()}, deadline, mode == "concurrent"
+    )
+    timings = {name: round(outcome.elapsed_ms, 1) for name, outcome in outcomes.items()}
+    timings["total"] = round((time.perf_counter() - start) * 1000, 1)
+
+    body = {f"result_{name}": outcome.value for name, outcome in outcomes.items()}
+    body.update(mode=mode, timings_ms=timings)
+    errors = {name: _describe(o.error) for name, o in outcomes.items() if o.error is not None}
+    status = 200
+    if errors:
+        body["errors"] = errors
+        timed_out = any(isinstance(o.error, TimeoutError) for o in outcomes.values())
+        status = 504 if timed_out else 502
+    response = jsonify(body)
+    response.status_code = status
+    response.headers["Server-Timing"] = ", ".join(f"{k};dur={v}" for k, v in timings.items())
+    return response
+
+
+@bp.get("/is_prime/", defaults={"numbers": ""})
+@bp.get("/is_prime/<numbers>")
+def is_prime_get(numbers):
+    """Check the comma-separated integers of the path."""
+    return _check_primes(numbers.split(","))
+
+
+@bp.post("/is_prime")
+def is_prime_post():
+    """Check a JSON list of integers (numbers or strings of digits), for batches too long for a URL."""
+    try:
+        # parse_int=str: numbers stay text, so they meet the same checks as the path's, and
+        # CPython's 4300-digit int limit never applies.
+        items = current_app.json.loads(request.get_data(), parse_int=str)
+    except ValueError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(items, list):
+        raise BadRequest("the body must be a JSON list of integers")
+    return _check_primes(items)
+
+
+def _check_primes(items):
+    cfg = current_app.config
+    mode = _choice("mode", PRIME_MODES)
+    numbers = primes.parse_items(items, cfg["PRIME_MAX_ITEMS"], cfg["PRIME_MAX_DIGITS"])
+    values = list(numbers.values())
+    if mode == "auto":
+        estimated_ms = sum(primes.cost_us(n) for n in values) / 1000
+        mode = "process" if estimated_ms > cfg["PRIME_INLINE_BUDGET_MS"] else "inline"
+    if mode == "inline":
+        results = primes.check_batch(values)
+    else:
+        pools = current_app.extensions["pools"]
+        groups = primes.split_by_cost(values, pools.process_size)
+        chunk_results = pools.map_cpu(primes.check_batch, [[values[i] for i in g] for g in groups])
+        results = [None] * len(values)
+        for group, chunk in zip(groups, chunk_results):
+            for position, result in zip(group, chunk):
+                results[position] = result
+    return jsonify(dict(zip(numbers, results)))
+
+
+def _choice(arg, allowed):
+    value = request.args.get(arg, allowed[0])
+    if value not in allowed:
+        raise BadRequest(f"{arg} must be one of {', '.join(allowed)}; got {value[:40]!r}")
+    return value
+
+
+def _describe(error):
+    return f"{type(error).__name__}: {error}"
+
+
+def _error(status, message, headers=()):
+    response = jsonify({"error": message, "status": status})
+    response.status_code = status
+    response.headers.update(headers)
+    return response
+
+
+def _http_error(exc):
+    # Keep headers such as 405's Allow; the body is JSON, not Werkzeug's HTML page.
+    headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
+    return _error(exc.code, f"{exc.name}: {exc.description}", headers)
+
+
+def _body_too_large(exc):
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    return _error(413, f"the body is too large: the limit is {limit} bytes")
+
+
+def _input_error(exc):
+    return _error(exc.status, str(exc))
+
+
+def _pool_restarted(exc):
+    return _error(503, str(exc), {"Retry-After": "1"})
+
+
+app = create_app()

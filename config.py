@@ -1,0 +1,64 @@
+"""Settings for the app, gunicorn and the upstream, each read once from the environment."""
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+
+def env_int(name, default):
+    """Return environment variable `name` as an int, or `default` when unset or empty."""
+    value = os.environ.get(name, "")
+    return int(value) if value.strip() else default
+
+
+def env_float(name, default):
+    """Return environment variable `name` as a float, or `default` when unset or empty."""
+    value = os.environ.get(name, "")
+    return float(value) if value.strip() else default
+
+
+def env_str(name, default):
+    """Return environment variable `name`, or `default` when unset or empty."""
+    return os.environ.get(name, "") or default
+
+
+def env_bool(name, default):
+    """Return environment variable `name` as a bool (1/true/yes/on), or `default` when unset."""
+    value = os.environ.get(name, "").strip().lower()
+    return value in ("1", "true", "yes", "on") if value else default
+
+
+class Config:
+    """Every tunable of the service; the README's configuration table lists the same names."""
+
+    HOST = env_str("HOST", "127.0.0.1")
+    PORT = env_int("PORT", 8000)
+    UPSTREAM_PORT = env_int("UPSTREAM_PORT", 8001)
+
+    # gunicorn: one gthread worker per core; each worker serves WEB_THREADS requests at once.
+    WEB_WORKERS = env_int("WEB_WORKERS", os.cpu_count() or 1)
+    WEB_THREADS = env_int("WEB_THREADS", 256)
+
+    # The three sources of GET /. The *_DELAY_MS settings are simulated latency (the seed's
+    # profile); set them to 0 to measure raw speed. API_DELAY_MS is applied by the upstream.
+    FILE_PATH = env_str("FILE_PATH", str(ROOT / "data" / "sample.txt"))
+    FILE_DELAY_MS = env_int("FILE_DELAY_MS", 100)
+    DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{ROOT / 'instance' / 'app.db'}")
+    DB_DELAY_MS = env_int("DB_DELAY_MS", 200)
+    DB_POOL_SIZE = env_int("DB_POOL_SIZE", 10)
+    API_URL = env_str("API_URL", f"http://127.0.0.1:{UPSTREAM_PORT}/")
+    API_DELAY_MS = env_int("API_DELAY_MS", 300)
+    UPSTREAM_START = env_bool("UPSTREAM_START", False)
+
+    # Time budget of one request; every read gets what is left of it.
+    REQUEST_TIMEOUT_S = env_float("REQUEST_TIMEOUT_S", 2.0)
+
+    # Pools. THREAD_POOL_SIZE 0 means WEB_THREADS x the fan-out of GET / (one thread per read of
+    # every request a worker can serve at once), so a read never waits for a thread.
+    THREAD_POOL_SIZE = env_int("THREAD_POOL_SIZE", 0)
+    PROCESS_POOL_SIZE = env_int("PROCESS_POOL_SIZE", os.cpu_count() or 1)
+
+    # /is_prime caps and the inline/process split.
+    PRIME_MAX_ITEMS = env_int("PRIME_MAX_ITEMS", 1000)
+    PRIME_MAX_DIGITS = env_int("PRIME_MAX_DIGITS", 1000)
+    PRIME_INLINE_BUDGET_MS = env_float("PRIME_INLINE_BUDGET_MS", 2.0)

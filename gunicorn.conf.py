@@ -1,0 +1,91 @@
+"""gunicorn settings: `gunicorn app:app` reads this file. Every setting has an env override."""
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+from config import Config, env_bool, env_int, env_str
+
+# Where to listen; make run and the tests set PORT.
+bind = env_str("BIND", f"{Config.HOST}:{Config.PORT}")
+# gthread: a few processes of many threads, since most of a request's time is spent waiting
+# on I/O in the thread pool and threads are far cheaper than processes.
+worker_class = env_str("WORKER_CLASS", "gthread")
+# One worker per core (Config.WEB_WORKERS); each has its own thread and process pools.
+workers = Config.WEB_WORKERS
+# Requests one worker serves at once; pools.py sizes the thread pool from the same number.
+threads = Config.WEB_THREADS
+# Open connections per worker: threads busy plus idle keep-alive ones.
+worker_connections = env_int("WORKER_CONNECTIONS", 4 * Config.WEB_THREADS)
+# Accept queue of the listening socket, so a burst of clients is not refused at connect.
+backlog = env_int("BACKLOG", 2048)
+# A worker silent this long is killed and replaced (a stuck worker, not a slow request).
+timeout = env_int("WORKER_TIMEOUT", 30)
+# On SIGTERM, workers get this long to finish the requests they hold.
+graceful_timeout = env_int("GRACEFUL_TIMEOUT", 30)
+# Seconds an idle keep-alive connection stays open.
+keepalive = env_int("KEEPALIVE", 5)
+# Recycle a worker after this many requests (0: never), staggered by the jitter.
+max_requests = env_int("MAX_REQUESTS", 0)
+max_requests_jitter = env_int("MAX_REQUESTS_JITTER", 0)
+# Longest request line: four 900-digit numbers in one GET /is_prime need about 3.7 kB.
+limit_request_line = env_int("LIMIT_REQUEST_LINE", 8190)
+# Import the app in the master before forking (pools are created per worker either way).
+preload_app = env_bool("PRELOAD", False)
+# Access log destination ("-" for stdout); off by default for speed.
+accesslog = env_str("ACCESS_LOG", None)
+# gunicorn's control socket ($HOME/.gunicorn/gunicorn.ctl) is one path per user, so two
+# instances (tests, benchmarks) would fight over it: off unless CONTROL_SOCKET=1.
+control_socket_disable = not env_bool("CONTROL_SOCKET", False)
+# Error log destination and level.
+errorlog = env_str("ERROR_LOG", "-")
+loglevel = env_str("LOG_LEVEL", "info")
+
+UPSTREAM_READY_S = 10.0
+_upstream = None
+
+
+def on_starting(server):
+    """Seed the database once, and start the upstream API when UPSTREAM_START is set (make run)."""
+    from services.db import init_db
+
+    init_db(Config.DATABASE_URL)
+    if Config.UPSTREAM_START:
+        _start_upstream(server)
+
+
+def on_exit(server):
+    """Stop the upstream API that on_starting started."""
+    if _upstream is not None and _upstream.poll() is None:
+        _upstream.terminate()
+        _upstream.wait(timeout=5)
+
+
+def post_worker_init(worker):
+    """Start this worker's process pool before it takes requests, not on the first one."""
+    worker.wsgi.extensions["pools"].warm()
+
+
+def worker_exit(server, worker):
+    """Shut down the pools of the exiting worker, so no pool process outlives it."""
+    import pools
+
+    pools.shutdown_all()
+
+
+def _start_upstream(server):
+    global _upstream
+    command = [sys.executable, "upstream.py", "--port", str(Config.UPSTREAM_PORT),
+               "--delay-ms", str(Config.API_DELAY_MS), "--exit-with-parent"]
+    _upstream = subprocess.Popen(command, cwd=os.path.dirname(os.path.abspath(__file__)))
+    url = f"http://127.0.0.1:{Config.UPSTREAM_PORT}/healthz"
+    give_up = time.monotonic() + UPSTREAM_READY_S
+    while time.monotonic() < give_up:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            server.log.info("upstream API listening on %s (pid %s)", url, _upstream.pid)
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"the upstream API did not answer on {url}")

@@ -1,0 +1,155 @@
+"""Fixtures: the app and its test client, and real upstream and gunicorn processes on free ports."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from app import create_app
+from services.db import init_db
+
+ROOT = Path(__file__).resolve().parent.parent
+READY_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 40.0
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+
+
+def free_port():
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Service:
+    """A real server process started for a test, stopped with its whole process group."""
+
+    def __init__(self, command, port, env=None, ready_path="/healthz"):
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        # A file, not a pipe: a pipe nobody reads fills up and blocks the server's logging.
+        self.log = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(
+            command, cwd=ROOT, env={**os.environ, **(env or {})}, start_new_session=True,
+            stdout=self.log, stderr=subprocess.STDOUT, text=True,
+        )
+        self._wait_ready(ready_path)
+
+    def _wait_ready(self, path):
+        give_up = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < give_up:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.proc.args} exited: {self.output()}")
+            try:
+                requests.get(self.url + path, timeout=1)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.proc.args} did not answer within {READY_TIMEOUT_S} s")
+
+    def output(self):
+        """Everything the process has written to stdout and stderr so far."""
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self, sig=signal.SIGTERM):
+        """Send `sig` to the main process, wait for it, then kill whatever its group left behind."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        return self.proc.returncode
+
+
+def start_upstream(delay_ms=0):
+    """Start the real upstream API on a free port."""
+    port = free_port()
+    command = [sys.executable, "upstream.py", "--port", str(port), "--delay-ms", str(delay_ms)]
+    return Service(command, port)
+
+
+def start_gunicorn(upstream_url, tmp_path, **env):
+    """Start real gunicorn (gunicorn.conf.py) on a free port against `upstream_url`."""
+    port = free_port()
+    settings = {
+        "PORT": str(port),
+        "API_URL": upstream_url + "/",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'app.db'}",
+        "WEB_WORKERS": "2",
+        "WEB_THREADS": "32",
+        "PROCESS_POOL_SIZE": "2",
+    }
+    settings.update({key: str(value) for key, value in env.items()})
+    command = [sys.executable, "-m", "gunicorn", "app:app"]
+    return Service(command, port, settings, ready_path="/is_prime/2")
+
+
+@pytest.fixture(scope="session")
+def upstream():
+    """A real upstream API without delay, shared by the tests of one run."""
+    service = start_upstream()
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def app(tmp_path, upstream):
+    """An app on a fresh SQLite file and the real upstream, with no simulated latency."""
+    database_url = f"sqlite:///{tmp_path / 'app.db'}"
+    init_db(database_url)
+    app = create_app({
+        "TESTING": True,
+        "DATABASE_URL": database_url,
+        "API_URL": upstream.url + "/",
+        "FILE_DELAY_MS": 0,
+        "DB_DELAY_MS": 0,
+        "WEB_THREADS": 4,
+        "PROCESS_POOL_SIZE": 2,
+    })
+    yield app
+    app.extensions["pools"].shutdown()
+
+
+@pytest.fixture
+def client(app):
+    """A test client of `app`."""
+    return app.test_client()
+
+
+def postgres_available():
+    """True when the PostgreSQL of POSTGRES_URL accepts connections."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 2})
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+        return True
+    except Exception:
+        return False
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """POSTGRES_URL; skips without a server on a laptop, but fails under CI=true."""
+    if not postgres_available():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but PostgreSQL at {POSTGRES_URL} is not reachable")
+        pytest.skip(f"no PostgreSQL at {POSTGRES_URL}")
+    return POSTGRES_URL

@@ -1,0 +1,126 @@
+"""The routes through Flask's test client, with the real sources and pools."""
+import json
+
+import pytest
+
+import gmpy2
+
+
+def test_index_returns_all_three_results(client):
+    response = client.get("/")
+    body = response.get_json()
+    assert response.status_code == 200
+    assert body["result_file"].startswith("The file source")
+    assert body["result_db"]["author"] == "Rob Pike"
+    assert body["result_api"]["source"] == "upstream"
+    assert body["mode"] == "concurrent"
+    assert set(body["timings_ms"]) == {"file", "db", "api", "total"}
+
+
+def test_index_server_timing_header_matches_the_body(client):
+    response = client.get("/")
+    timings = response.get_json()["timings_ms"]
+    header = dict(part.split(";dur=") for part in response.headers["Server-Timing"].split(", "))
+    assert {name: float(value) for name, value in header.items()} == timings
+
+
+def test_index_sequential_mode(client):
+    body = client.get("/?mode=sequential").get_json()
+    assert body["mode"] == "sequential" and body["result_api"]["source"] == "upstream"
+
+
+def test_index_bad_mode_is_a_json_400(client):
+    response = client.get("/?mode=fast")
+    assert response.status_code == 400 and "mode must be one of" in response.get_json()["error"]
+
+
+def test_index_names_a_failing_source(app, client, tmp_path):
+    app.extensions["sources"]["file"].path = tmp_path / "missing.txt"
+    response = client.get("/")
+    body = response.get_json()
+    assert response.status_code == 502
+    assert list(body["errors"]) == ["file"] and "FileNotFoundError" in body["errors"]["file"]
+    assert body["result_db"]["author"] == "Rob Pike"
+
+
+def test_is_prime_exact_body(client):
+    response = client.get("/is_prime/1,2,3,4")
+    assert response.status_code == 200
+    assert response.content_type == "application/json"
+    assert response.get_data(as_text=True) == '{"1": false, "2": true, "3": true, "4": false}'
+
+
+def test_is_prime_keeps_request_order_and_canonical_keys(client):
+    body = client.get("/is_prime/13,007,-5,+2,13,0").get_data(as_text=True)
+    assert body == '{"13": true, "7": true, "-5": false, "2": true, "0": false}'
+
+
+@pytest.mark.parametrize("mode", ["auto", "inline", "process"])
+def test_is_prime_modes_agree(client, mode):
+    big = gmpy2.next_prime(gmpy2.mpz(10) ** 299)
+    response = client.get(f"/is_prime/{big},{big + 2},97,100?mode={mode}")
+    assert list(response.get_json().values()) == [True, False, True, False]
+
+
+def test_is_prime_seed_workload(client):
+    response = client.get("/is_prime/" + ",".join(["112272535095293"] * 100))
+    assert response.get_json() == {"112272535095293": True}
+
+
+def test_is_prime_accepts_four_900_digit_numbers(client):
+    numbers = [str(gmpy2.next_prime(gmpy2.mpz(10) ** 899 * k)) for k in range(1, 5)]
+    response = client.get("/is_prime/" + ",".join(numbers))
+    assert response.status_code == 200 and list(response.get_json().values()) == [True] * 4
+
+
+def test_is_prime_post_takes_numbers_and_strings(client):
+    response = client.post("/is_prime", json=[97, "98", "+0099", -3])
+    assert response.get_data(as_text=True) == '{"97": true, "98": false, "99": false, "-3": false}'
+
+
+def test_is_prime_post_beyond_int_digit_limit_is_413_not_500(client):
+    response = client.post("/is_prime", data="[" + "7" * 5000 + "]",
+                           content_type="application/json")
+    assert response.status_code == 413 and "5000 digits" in response.get_json()["error"]
+
+
+@pytest.mark.parametrize("path, status, words", [
+    ("/is_prime/1,x", 400, "item 2"),
+    ("/is_prime/1,,2", 400, "item 2"),
+    ("/is_prime/", 400, "item 1"),
+    ("/is_prime/%201", 400, "not an integer"),
+    ("/is_prime/%D9%A1", 400, "not an integer"),
+    ("/is_prime/1_0", 400, "not an integer"),
+    ("/is_prime/1?mode=gpu", 400, "mode must be one of"),
+    ("/is_prime/" + ",".join(["1"] * 1001), 413, "too many numbers"),
+    ("/is_prime/" + "9" * 1001, 413, "1001 digits"),
+    ("/is_prime/" + "9" * 5000, 413, "5000 digits"),
+    ("/nowhere", 404, "not found"),
+    ("/is_prime/1/2", 404, "not found"),
+])
+def test_bad_requests_get_json_errors(client, path, status, words):
+    response = client.get(path)
+    assert response.status_code == status
+    assert response.content_type == "application/json"
+    assert words in response.get_json()["error"].lower() or words in response.get_json()["error"]
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ("{\"a\": 1}", 400, "JSON list"),
+    ("[1,", 400, "not valid JSON"),
+    ("[1.5]", 400, "not an integer"),
+    ("[true]", 400, "not an integer"),
+    ("[]", 400, "no numbers"),
+    ("[" + ",".join(["7"] * 1001) + "]", 413, "too many numbers"),
+    ("[\"" + "1" * 2_000_000 + "\"]", 413, "too large"),
+])
+def test_bad_post_bodies_get_json_errors(client, body, status, words):
+    response = client.post("/is_prime", data=body, content_type="application/json")
+    assert response.status_code == status
+    assert words.lower() in response.get_json()["error"].lower()
+
+
+def test_wrong_method_is_a_json_405_with_allow(client):
+    response = client.delete("/is_prime/1")
+    assert response.status_code == 405 and "GET" in response.headers["Allow"]
+    assert json.loads(response.get_data())["status"] == 405

@@ -1,0 +1,121 @@
+"""The pools: concurrency, deadlines, fork safety and a rebuilt process pool."""
+import os
+import signal
+import time
+
+import pytest
+
+import pools
+from services import primes
+
+SLEEP_S = 0.2
+
+
+def sleeper(seconds, value=None):
+    """A call for gather() that sleeps, then returns `value`."""
+    def call(deadline):
+        time.sleep(seconds)
+        return value
+    return call
+
+
+def failing(deadline):
+    """A call for gather() that raises."""
+    raise OSError("disk on fire")
+
+
+@pytest.fixture
+def pool_pair():
+    """A Pools with room for a few concurrent calls and two processes."""
+    pair = pools.Pools(thread_size=8, process_size=2, process_preload=["services.primes"])
+    yield pair
+    pair.shutdown()
+
+
+def test_gather_runs_calls_concurrently(pool_pair):
+    calls = {name: sleeper(SLEEP_S, name) for name in ("a", "b", "c")}
+    start = time.monotonic()
+    outcomes = pool_pair.gather(calls, time.monotonic() + 5)
+    assert time.monotonic() - start < 2 * SLEEP_S
+    assert {name: o.value for name, o in outcomes.items()} == {"a": "a", "b": "b", "c": "c"}
+    assert all(o.elapsed_ms >= SLEEP_S * 1000 * 0.9 for o in outcomes.values())
+
+
+def test_gather_sequential_runs_one_after_another(pool_pair):
+    calls = {name: sleeper(SLEEP_S, name) for name in ("a", "b", "c")}
+    start = time.monotonic()
+    outcomes = pool_pair.gather(calls, time.monotonic() + 5, concurrent=False)
+    assert time.monotonic() - start >= 3 * SLEEP_S
+    assert [o.value for o in outcomes.values()] == ["a", "b", "c"]
+
+
+def test_gather_reports_a_failure_and_keeps_the_others(pool_pair):
+    outcomes = pool_pair.gather({"ok": sleeper(0, 1), "bad": failing}, time.monotonic() + 5)
+    assert outcomes["ok"].value == 1 and outcomes["ok"].error is None
+    assert isinstance(outcomes["bad"].error, OSError)
+
+
+def test_gather_stops_waiting_at_the_deadline(pool_pair):
+    start = time.monotonic()
+    outcomes = pool_pair.gather({"slow": sleeper(2), "fast": sleeper(0, 1)}, start + SLEEP_S)
+    assert time.monotonic() - start < SLEEP_S + 0.15
+    assert isinstance(outcomes["slow"].error, TimeoutError)
+    assert outcomes["fast"].value == 1
+
+
+def test_gather_cancels_calls_not_started_by_the_deadline():
+    ran = []
+    single = pools.Pools(thread_size=1, process_size=1)
+    try:
+        deadline = time.monotonic() + SLEEP_S
+        outcomes = single.gather({"busy": sleeper(SLEEP_S * 2), "queued": ran.append}, deadline)
+        time.sleep(SLEEP_S * 2)
+        assert isinstance(outcomes["queued"].error, TimeoutError)
+        assert ran == []
+    finally:
+        single.shutdown()
+
+
+def test_map_cpu_keeps_chunk_order(pool_pair):
+    chunks = [[4, 7], [11], [12, 13, 1]]
+    assert pool_pair.map_cpu(primes.check_batch, chunks) == [[False, True], [True], [False, True, False]]
+
+
+def test_map_cpu_runs_in_other_processes(pool_pair):
+    pids = {pid for [pid] in pool_pair.map_cpu(_pid_of_chunk, [[0]] * 4)}
+    assert os.getpid() not in pids
+
+
+def test_a_killed_pool_process_gives_pool_restarted_then_a_new_pool(pool_pair):
+    [[victim]] = pool_pair.map_cpu(_pid_of_chunk, [[0]])
+    os.kill(victim, signal.SIGKILL)
+    time.sleep(0.2)
+    with pytest.raises(pools.PoolRestarted):
+        pool_pair.map_cpu(primes.check_batch, [[7]])
+    assert pool_pair.map_cpu(primes.check_batch, [[7]]) == [[True]]
+
+
+def test_pools_are_not_inherited_across_fork(pool_pair):
+    parent_pool = pool_pair.thread_pool()
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child reports whether it got a fresh pool that works
+        ok = pool_pair.thread_pool() is not parent_pool
+        ok = ok and pool_pair.gather({"x": sleeper(0, 1)}, time.monotonic() + 5)["x"].value == 1
+        os.write(write_end, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(write_end)
+    answer = os.read(read_end, 1)
+    os.waitpid(child, 0)
+    assert answer == b"1"
+
+
+def test_shutdown_all_stops_every_pool(pool_pair):
+    pool_pair.thread_pool()
+    pool_pair.process_pool()
+    pools.shutdown_all()
+    assert pool_pair._threads is None and pool_pair._processes is None
+
+
+def _pid_of_chunk(chunk):
+    return [os.getpid() for _ in chunk]

@@ -1,0 +1,93 @@
+"""The three sources of GET / against real parts: a file, SQLite and PostgreSQL, the upstream."""
+import time
+
+import pytest
+import requests
+
+from services import simulate_latency
+from services.api import ApiSource
+from services.db import DbSource, SEED_ROWS, init_db
+from services.files import FileSource
+
+
+def far():
+    """A deadline that will not pass during a test."""
+    return time.monotonic() + 30
+
+
+def test_file_source_reads_the_file(tmp_path):
+    path = tmp_path / "data.txt"
+    path.write_text("  hello file \n", encoding="utf-8")
+    assert FileSource(path).read(far()) == "hello file"
+
+
+def test_file_source_waits_its_delay(tmp_path):
+    path = tmp_path / "data.txt"
+    path.write_text("x", encoding="utf-8")
+    start = time.monotonic()
+    FileSource(path, delay_s=0.1).read(far())
+    assert time.monotonic() - start >= 0.1
+
+
+def test_file_source_missing_file_raises(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        FileSource(tmp_path / "missing.txt").read(far())
+
+
+def test_simulated_latency_stops_at_the_deadline():
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        simulate_latency(5, start + 0.1)
+    assert time.monotonic() - start < 0.5
+
+
+@pytest.mark.parametrize("url_kind", ["sqlite", "postgresql"])
+def test_db_source_reads_the_seeded_row(url_kind, tmp_path, request):
+    url = f"sqlite:///{tmp_path / 'sub' / 'app.db'}" if url_kind == "sqlite" else (
+        request.getfixturevalue("postgres_url"))
+    init_db(url)
+    init_db(url)  # a second start must not seed twice
+    source = DbSource(url)
+    assert source.read(far()) == SEED_ROWS[0]
+    from sqlalchemy import func, select
+    from services.db import quotes
+    with source.engine().connect() as conn:
+        assert conn.execute(select(func.count()).select_from(quotes)).scalar_one() == len(SEED_ROWS)
+    source.engine().dispose()
+
+
+def test_db_source_unreachable_server_raises():
+    source = DbSource("postgresql+psycopg2://postgres@127.0.0.1:1/test")
+    with pytest.raises(Exception, match="(?i)connect"):
+        source.read(far())
+
+
+def test_api_source_returns_the_upstream_json(upstream):
+    body = ApiSource(upstream.url + "/").read(far())
+    assert body["source"] == "upstream" and body["delay_ms"] == 0
+
+
+def test_api_source_reuses_its_connection(upstream):
+    source = ApiSource(upstream.url + "/")
+    first = source.read(far())["serial"]
+    second = source.read(far())["serial"]
+    assert second > first
+    assert len(source._session().adapters["http://"].poolmanager.pools) == 1
+
+
+def test_api_source_gives_up_at_the_deadline(upstream):
+    source = ApiSource(upstream.url + "/?delay_ms=2000")
+    start = time.monotonic()
+    with pytest.raises(requests.Timeout):
+        source.read(start + 0.2)
+    assert time.monotonic() - start < 1
+
+
+def test_api_source_http_error_raises(upstream):
+    with pytest.raises(requests.HTTPError):
+        ApiSource(upstream.url + "/no-such-path").read(far())
+
+
+def test_api_source_after_the_deadline_does_not_call(upstream):
+    with pytest.raises(TimeoutError):
+        ApiSource(upstream.url + "/").read(time.monotonic() - 1)

@@ -1,0 +1,74 @@
+"""The upstream JSON API that GET / reads: a small aiohttp server, so it is never the bottleneck.
+
+    python upstream.py --port 8001 --delay-ms 300
+
+Each GET / answers after the configured delay (a real network wait for the caller); a
+`?delay_ms=N` query parameter overrides it per request.
+"""
+import argparse
+import asyncio
+import itertools
+import os
+
+from aiohttp import web
+
+from config import Config
+
+PARENT_POLL_S = 1.0
+
+
+def create_upstream(delay_ms):
+    """Build the aiohttp application."""
+    counter = itertools.count(1)
+
+    async def quote(request):
+        try:
+            delay = int(request.query.get("delay_ms", delay_ms))
+        except ValueError:
+            raise web.HTTPBadRequest(text="delay_ms must be an integer")
+        await asyncio.sleep(delay / 1000)
+        return web.json_response(
+            {"source": "upstream", "message": "hello from the upstream API", "serial": next(counter),
+             "delay_ms": delay}
+        )
+
+    async def health(_request):
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_get("/", quote)
+    app.router.add_get("/healthz", health)
+    return app
+
+
+async def _exit_with_parent(app):
+    # Started by gunicorn's master: if that dies without stopping us (SIGKILL), stop too.
+    parent = os.getppid()
+
+    async def watch():
+        while os.getppid() == parent:
+            await asyncio.sleep(PARENT_POLL_S)
+        os.kill(os.getpid(), 15)
+
+    task = asyncio.create_task(watch())
+    yield
+    task.cancel()
+
+
+def main(argv=None):
+    """Run the upstream in the foreground until SIGINT or SIGTERM."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=Config.UPSTREAM_PORT)
+    parser.add_argument("--delay-ms", type=int, default=Config.API_DELAY_MS)
+    parser.add_argument("--exit-with-parent", action="store_true")
+    args = parser.parse_args(argv)
+    app = create_upstream(args.delay_ms)
+    if args.exit_with_parent:
+        app.cleanup_ctx.append(_exit_with_parent)
+    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None,
+                backlog=2048, shutdown_timeout=1)
+
+
+if __name__ == "__main__":
+    main()
