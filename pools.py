@@ -18,6 +18,7 @@ executor's threads and queues do not survive a fork.
 """
 import multiprocessing
 import os
+import signal
 import threading
 import time
 import weakref
@@ -82,7 +83,9 @@ class Pools:
                     # lock held by another thread into the child, which then deadlocks.
                     context = multiprocessing.get_context("forkserver")
                     context.set_forkserver_preload(self._process_preload)
-                    self._processes = ProcessPoolExecutor(self.process_size, mp_context=context)
+                    self._processes = ProcessPoolExecutor(
+                        self.process_size, mp_context=context, initializer=_ignore_sigint
+                    )
         return self._processes
 
     def gather(self, calls, deadline, concurrent=True):
@@ -141,6 +144,12 @@ def shutdown_all():
     """Shut down every Pools of this process (gunicorn's worker_exit hook calls this)."""
     for pools in list(_instances):
         pools.shutdown()
+
+
+def _ignore_sigint():
+    # Ctrl-C reaches the whole process group; the gunicorn worker that owns this child shuts
+    # the pool down, so the child need not die mid-task with a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _timed(call, deadline):

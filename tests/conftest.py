@@ -1,4 +1,5 @@
 """Fixtures: the app and its test client, and real upstream and gunicorn processes on free ports."""
+import functools
 import os
 import signal
 import socket
@@ -8,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import gmpy2
 import pytest
 import requests
 
@@ -18,6 +20,12 @@ ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 40.0
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+
+
+@functools.cache
+def big_primes(digits, count):
+    """The first `count` primes after 10**(digits-1) * k for k = 1..count, as decimal strings."""
+    return [str(gmpy2.next_prime(gmpy2.mpz(10) ** (digits - 1) * k)) for k in range(1, count + 1)]
 
 
 def free_port():
@@ -59,20 +67,46 @@ class Service:
         self.log.seek(0)
         return self.log.read()
 
+    def session_pids(self):
+        """Pids of every live process in the server's session: it, its workers, their children."""
+        return sorted(pid for pid in _live_pids() if _sid(pid) == self.proc.pid)
+
     def stop(self, sig=signal.SIGTERM):
-        """Send `sig` to the main process, wait for it, then kill whatever its group left behind."""
+        """Send `sig` to the main process and wait; return its exit code.
+
+        Whatever it left behind is listed in `self.leftovers`, then killed with its group.
+        """
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 pass
+        self.leftovers = self.session_pids()
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.proc.wait()
         return self.proc.returncode
+
+
+def _live_pids():
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    if stat.read().rsplit(")", 1)[1].split()[0] != "Z":
+                        yield int(entry)
+            except OSError:
+                pass
+
+
+def _sid(pid):
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
 
 
 def start_upstream(delay_ms=0):

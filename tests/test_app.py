@@ -5,6 +5,8 @@ import pytest
 
 import gmpy2
 
+from tests.conftest import big_primes
+
 
 def test_index_returns_all_three_results(client):
     response = client.get("/")
@@ -68,8 +70,7 @@ def test_is_prime_seed_workload(client):
 
 
 def test_is_prime_accepts_four_900_digit_numbers(client):
-    numbers = [str(gmpy2.next_prime(gmpy2.mpz(10) ** 899 * k)) for k in range(1, 5)]
-    response = client.get("/is_prime/" + ",".join(numbers))
+    response = client.get("/is_prime/" + ",".join(big_primes(900, 4)))
     assert response.status_code == 200 and list(response.get_json().values()) == [True] * 4
 
 

@@ -1,0 +1,151 @@
+"""Integration: real gunicorn (gunicorn.conf.py) and the real upstream, with the seed's latency."""
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.conftest import Service, big_primes, free_port, start_gunicorn, start_upstream
+
+SEED_PROFILE = {"FILE_DELAY_MS": 100, "DB_DELAY_MS": 200}
+API_DELAY_MS = 300
+CONCURRENT_BOUND_S = 0.4
+SEQUENTIAL_FLOOR_S = 0.55
+
+
+@pytest.fixture(scope="module")
+def upstream_300():
+    """The upstream with the seed's 300 ms API delay."""
+    service = start_upstream(delay_ms=API_DELAY_MS)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def server(upstream_300, tmp_path_factory):
+    """gunicorn with two workers and the seed latency profile."""
+    service = start_gunicorn(upstream_300.url, tmp_path_factory.mktemp("gunicorn"), **SEED_PROFILE)
+    yield service
+    service.stop()
+
+
+def timed_get(url, **kwargs):
+    """GET url; return (response, seconds)."""
+    start = time.monotonic()
+    response = requests.get(url, timeout=10, **kwargs)
+    return response, time.monotonic() - start
+
+
+def test_index_reads_all_three_sources_concurrently(server):
+    response, seconds = timed_get(server.url + "/")
+    body = response.json()
+    assert response.status_code == 200
+    assert body["result_file"] and body["result_db"]["id"] == 1
+    assert body["result_api"]["delay_ms"] == API_DELAY_MS
+    timings = body["timings_ms"]
+    assert timings["file"] + timings["db"] + timings["api"] >= SEQUENTIAL_FLOOR_S * 1000
+    assert seconds < CONCURRENT_BOUND_S
+
+
+def test_sequential_mode_takes_the_sum(server):
+    response, seconds = timed_get(server.url + "/?mode=sequential")
+    assert response.status_code == 200 and response.json()["mode"] == "sequential"
+    assert seconds >= SEQUENTIAL_FLOOR_S
+    assert response.json()["timings_ms"]["total"] >= SEQUENTIAL_FLOOR_S * 1000
+
+
+def test_fifty_concurrent_clients_each_wait_one_slowest_read(server):
+    # 50 clients need 150 reads in flight at once; the seed's 6-thread pool would take ~2.5 s.
+    with ThreadPoolExecutor(50) as clients:
+        start = time.monotonic()
+        responses = list(clients.map(lambda _: requests.get(server.url + "/", timeout=10), range(50)))
+        elapsed = time.monotonic() - start
+    assert [r.status_code for r in responses] == [200] * 50
+    assert elapsed < 1.0
+
+
+def test_is_prime_exact_body_and_type(server):
+    response = requests.get(server.url + "/is_prime/1,2,3,4", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.text == '{"1": false, "2": true, "3": true, "4": false}'
+
+
+def test_four_900_digit_primes_fit_in_one_get(server):
+    numbers = big_primes(900, 4) + [str(int(big_primes(900, 4)[0]) * 3)]
+    response = requests.get(server.url + "/is_prime/" + ",".join(numbers), timeout=30)
+    assert response.status_code == 200
+    assert list(response.json().values()) == [True, True, True, True, False]
+
+
+@pytest.mark.parametrize("path, status", [
+    ("/is_prime/abc", 400),
+    ("/is_prime/1,,2", 400),
+    ("/is_prime/%EF%BC%91", 400),
+    ("/is_prime/" + "7" * 5000, 413),
+    ("/is_prime/" + ",".join(["7"] * 1001), 413),
+    ("/?mode=turbo", 400),
+    ("/missing", 404),
+])
+def test_bad_input_gets_json_4xx(server, path, status):
+    response = requests.get(server.url + path, timeout=10)
+    assert response.status_code == status
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json()["status"] == status
+
+
+def test_post_batch_too_long_for_a_url(server):
+    mersenne_primes = [2**p - 1 for p in (3217, 2281, 2203)]  # 969, 687 and 664 digits
+    numbers = mersenne_primes + [m + k for m in mersenne_primes for k in (2, 4, 6)]
+    response = requests.post(server.url + "/is_prime", json=[str(n) for n in numbers], timeout=30)
+    assert len(",".join(map(str, numbers))) > 8190  # gunicorn's longest request line
+    assert response.status_code == 200
+    assert list(response.json().values()) == [True] * 3 + [False] * 9
+
+
+def test_server_is_healthy_after_bad_input(server):
+    workers_before = server.session_pids()
+    for path in ("/is_prime/x", "/is_prime/" + "9" * 5000, "/nope"):
+        requests.get(server.url + path, timeout=10)
+    response, seconds = timed_get(server.url + "/")
+    assert response.status_code == 200 and seconds < CONCURRENT_BOUND_S
+    assert server.session_pids() == workers_before
+
+
+def test_preload_and_worker_recycling_keep_pools_working(upstream_300, tmp_path):
+    service = start_gunicorn(upstream_300.url, tmp_path, PRELOAD=1, MAX_REQUESTS=10,
+                             MAX_REQUESTS_JITTER=3, FILE_DELAY_MS=0, DB_DELAY_MS=0,
+                             API_URL=upstream_300.url + "/?delay_ms=0")
+    try:
+        big = 2**1279 - 1
+        for i in range(60):
+            path = f"/is_prime/{big},{i}?mode=process" if i % 2 else "/"
+            assert requests.get(service.url + path, timeout=10).status_code == 200, path
+    finally:
+        assert service.stop() == 0
+    assert service.leftovers == []
+
+
+def test_sigterm_stops_gunicorn_and_every_child(upstream_300, tmp_path):
+    service = start_gunicorn(upstream_300.url, tmp_path)
+    requests.get(service.url + "/is_prime/7?mode=process", timeout=10)
+    assert len(service.session_pids()) > 3  # master, workers, forkservers, pool processes
+    assert service.stop(signal.SIGTERM) == 0
+    assert service.leftovers == []
+
+
+def test_make_run_serves_and_stops_its_upstream():
+    port, upstream_port = free_port(), free_port()
+    env = {"PORT": str(port), "UPSTREAM_PORT": str(upstream_port), "API_URL": "",
+           "WEB_THREADS": "16", "FILE_DELAY_MS": "0", "DB_DELAY_MS": "0", "API_DELAY_MS": "0"}
+    service = Service(["make", "--no-print-directory", "run"], port, env, ready_path="/is_prime/2")
+    try:
+        body = requests.get(service.url + "/", timeout=10).json()
+        assert body["result_api"]["source"] == "upstream"
+    finally:
+        # GNU make passes SIGTERM on to its recipe, then dies of the same signal itself.
+        assert service.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+    assert service.leftovers == []
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{upstream_port}/healthz", timeout=2)
