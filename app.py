@@ -1,12 +1,14 @@
 """The Flask app: routes that hand I/O to the thread pool and CPU work to the process pool."""
 import time
 
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Blueprint, Flask, current_app, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
+import telemetry
+import worker
 from config import Config
-from pools import Pools, PoolRestarted
+from pools import PoolRestarted, Pools, Saturated
 from services import primes
 from services.api import ApiSource
 from services.db import DbSource
@@ -15,6 +17,8 @@ from services.files import FileSource
 bp = Blueprint("service", __name__)
 READ_MODES = ("concurrent", "sequential")
 PRIME_MODES = ("auto", "inline", "process")
+# Routes that do work: a request for one that waited too long for a thread is shed with a 503.
+WORK_ENDPOINTS = {"service.index", "service.is_prime_get", "service.is_prime_post"}
 
 
 class OrderedJSONProvider(DefaultJSONProvider):
@@ -38,36 +42,68 @@ def create_app(test_config=None):
     app.json = OrderedJSONProvider(app)
     # A POST body holds at most PRIME_MAX_ITEMS numbers of PRIME_MAX_DIGITS digits, quoted.
     app.config["MAX_CONTENT_LENGTH"] = cfg["PRIME_MAX_ITEMS"] * (cfg["PRIME_MAX_DIGITS"] + 4) + 64
+    telemetry.configure_logging(cfg["LOG_LEVEL"])
 
+    timeout = cfg["REQUEST_TIMEOUT_S"]
     sources = [
         FileSource(cfg["FILE_PATH"], cfg["FILE_DELAY_MS"] / 1000),
-        DbSource(cfg["DATABASE_URL"], cfg["DB_DELAY_MS"] / 1000, cfg["DB_POOL_SIZE"]),
+        DbSource(cfg["DATABASE_URL"], cfg["DB_DELAY_MS"] / 1000, cfg["DB_POOL_SIZE"], timeout),
         ApiSource(cfg["API_URL"]),
     ]
     app.extensions["sources"] = {source.name: source for source in sources}
-    thread_size = cfg["THREAD_POOL_SIZE"] or cfg["WEB_THREADS"] * len(sources)
-    app.extensions["pools"] = Pools(thread_size, cfg["PROCESS_POOL_SIZE"], ["services.primes"])
+    app.extensions["pools"] = Pools(
+        thread_size=cfg["THREAD_POOL_SIZE"] or cfg["WEB_THREADS"] * len(sources),
+        process_size=cfg["PROCESS_POOL_SIZE"],
+        thread_queue=cfg["THREAD_QUEUE_LIMIT"],
+        process_queue=cfg["PROCESS_QUEUE_LIMIT"],
+        process_preload=["services.primes"],
+    )
 
     app.register_blueprint(bp)
+    app.before_request(_start_request)
+    app.after_request(_finish_request)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(RequestEntityTooLarge, _body_too_large)
     app.register_error_handler(primes.InputError, _input_error)
-    app.register_error_handler(PoolRestarted, _pool_restarted)
+    app.register_error_handler(Saturated, _unavailable)
+    app.register_error_handler(PoolRestarted, _unavailable)
+    app.register_error_handler(TimeoutError, _timed_out)
     return app
+
+
+def _start_request():
+    g.request_id = telemetry.set_request_id(request.headers.get(telemetry.REQUEST_ID_HEADER))
+    # The budget starts when gunicorn queued the request, not when a thread picked it up.
+    g.arrived = worker.queued_since() or time.monotonic()
+    g.deadline = g.arrived + current_app.config["REQUEST_TIMEOUT_S"]
+    waited = time.monotonic() - g.arrived
+    if request.endpoint in WORK_ENDPOINTS and waited > current_app.config["MAX_QUEUE_WAIT_S"]:
+        telemetry.REJECTED.labels("queue_wait").inc()
+        return _error(503, f"overloaded: waited {waited:.2f} s for a thread; retry shortly",
+                      _retry_after())
+
+
+def _finish_request(response):
+    response.headers[telemetry.REQUEST_ID_HEADER] = g.request_id
+    seconds = time.monotonic() - g.arrived
+    route = request.url_rule.rule if request.url_rule else "unmatched"
+    telemetry.REQUEST_SECONDS.labels(route, request.method, response.status_code).observe(seconds)
+    level = "warning" if response.status_code >= 500 else "debug"
+    getattr(telemetry.log, level)("%s %s %s %.1f ms", request.method, request.full_path.rstrip("?"),
+                                  response.status_code, seconds * 1000)
+    return response
 
 
 @bp.get("/")
 def index():
     """Read the file, the database and the API, concurrently (default) or one after another."""
     mode = _choice("mode", READ_MODES)
-    start = time.perf_counter()
-    deadline = time.monotonic() + current_app.config["REQUEST_TIMEOUT_S"]
     sources = current_app.extensions["sources"]
     outcomes = current_app.extensions["pools"].gather(
-        {name: source.read for name, source in sources.items()}, deadline, mode == "concurrent"
+        {name: source.read for name, source in sources.items()}, g.deadline, mode == "concurrent"
     )
     timings = {name: round(outcome.elapsed_ms, 1) for name, outcome in outcomes.items()}
-    timings["total"] = round((time.perf_counter() - start) * 1000, 1)
+    timings["total"] = round((time.monotonic() - g.arrived) * 1000, 1)
 
     body = {f"result_{name}": outcome.value for name, outcome in outcomes.items()}
     body.update(mode=mode, timings_ms=timings)
@@ -104,6 +140,40 @@ def is_prime_post():
     return _check_primes(items)
 
 
+@bp.get("/healthz")
+def healthz():
+    """Liveness: the worker answers. No I/O."""
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz():
+    """Readiness: both pools run a task and every source is reachable, within READY_TIMEOUT_S."""
+    pools = current_app.extensions["pools"]
+    deadline = time.monotonic() + current_app.config["READY_TIMEOUT_S"]
+    sources = current_app.extensions["sources"]
+    checks = {}
+    try:
+        pools.map_cpu(primes.check_batch, [[2]], deadline)
+        checks["process_pool"] = "ok"
+        outcomes = pools.gather({n: s.check for n, s in sources.items()}, deadline)
+        checks["thread_pool"] = "ok"
+        checks.update({n: _describe(o.error) if o.error else "ok" for n, o in outcomes.items()})
+    except (Saturated, PoolRestarted, TimeoutError) as exc:
+        checks["pools"] = _describe(exc)
+    ready = all(result == "ok" for result in checks.values())
+    response = jsonify({"status": "ready" if ready else "unavailable", "checks": checks})
+    response.status_code = 200 if ready else 503
+    return response
+
+
+@bp.get("/metrics")
+def metrics():
+    """Prometheus metrics of all workers."""
+    body, content_type = telemetry.render_metrics()
+    return current_app.response_class(body, content_type=content_type)
+
+
 def _check_primes(items):
     cfg = current_app.config
     mode = _choice("mode", PRIME_MODES)
@@ -117,9 +187,9 @@ def _check_primes(items):
     else:
         pools = current_app.extensions["pools"]
         groups = primes.split_by_cost(values, pools.process_size)
-        chunk_results = pools.map_cpu(primes.check_batch, [[values[i] for i in g] for g in groups])
+        chunks = [[values[i] for i in group] for group in groups]
         results = [None] * len(values)
-        for group, chunk in zip(groups, chunk_results):
+        for group, chunk in zip(groups, pools.map_cpu(primes.check_batch, chunks, g.deadline)):
             for position, result in zip(group, chunk):
                 results[position] = result
     return jsonify(dict(zip(numbers, results)))
@@ -134,6 +204,10 @@ def _choice(arg, allowed):
 
 def _describe(error):
     return f"{type(error).__name__}: {error}"
+
+
+def _retry_after():
+    return {"Retry-After": str(current_app.config["RETRY_AFTER_S"])}
 
 
 def _error(status, message, headers=()):
@@ -158,8 +232,12 @@ def _input_error(exc):
     return _error(exc.status, str(exc))
 
 
-def _pool_restarted(exc):
-    return _error(503, str(exc), {"Retry-After": "1"})
+def _unavailable(exc):
+    return _error(503, str(exc), _retry_after())
+
+
+def _timed_out(exc):
+    return _error(504, str(exc))
 
 
 app = create_app()

@@ -50,13 +50,23 @@ class Config:
     API_DELAY_MS = env_int("API_DELAY_MS", 300)
     UPSTREAM_START = env_bool("UPSTREAM_START", False)
 
-    # Time budget of one request; every read gets what is left of it.
+    # Time budget of one request, counted from when gunicorn queued it; every read gets what is
+    # left. A request that waited longer than MAX_QUEUE_WAIT_S for a thread is answered 503.
     REQUEST_TIMEOUT_S = env_float("REQUEST_TIMEOUT_S", 2.0)
+    MAX_QUEUE_WAIT_S = env_float("MAX_QUEUE_WAIT_S", 0.5)
+    RETRY_AFTER_S = env_int("RETRY_AFTER_S", 1)
+    READY_TIMEOUT_S = env_float("READY_TIMEOUT_S", 1.0)
 
     # Pools. THREAD_POOL_SIZE 0 means WEB_THREADS x the fan-out of GET / (one thread per read of
     # every request a worker can serve at once), so a read never waits for a thread.
     THREAD_POOL_SIZE = env_int("THREAD_POOL_SIZE", 0)
     PROCESS_POOL_SIZE = env_int("PROCESS_POOL_SIZE", os.cpu_count() or 1)
+    # Tasks a pool may hold beyond one per worker before it answers 503 (the stdlib's queues
+    # have no bound). A sized thread pool needs no queue; CPU work waits at most a few chunks.
+    THREAD_QUEUE_LIMIT = env_int("THREAD_QUEUE_LIMIT", 0)
+    PROCESS_QUEUE_LIMIT = env_int("PROCESS_QUEUE_LIMIT", 4 * PROCESS_POOL_SIZE)
+
+    LOG_LEVEL = env_str("LOG_LEVEL", "info")
 
     # /is_prime caps and the inline/process split.
     PRIME_MAX_ITEMS = env_int("PRIME_MAX_ITEMS", 1000)

@@ -1,7 +1,9 @@
 """gunicorn settings: `gunicorn app:app` reads this file. Every setting has an env override."""
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -9,9 +11,9 @@ from config import Config, env_bool, env_int, env_str
 
 # Where to listen; make run and the tests set PORT.
 bind = env_str("BIND", f"{Config.HOST}:{Config.PORT}")
-# gthread: a few processes of many threads, since most of a request's time is spent waiting
-# on I/O in the thread pool and threads are far cheaper than processes.
-worker_class = env_str("WORKER_CLASS", "gthread")
+# gthread (a few processes of many threads: a request mostly waits on I/O, and threads are far
+# cheaper than processes), stamping when each request was queued so overload is shed (worker.py).
+worker_class = env_str("WORKER_CLASS", "worker.QueueTimedThreadWorker")
 # One worker per core (Config.WEB_WORKERS); each has its own thread and process pools.
 workers = Config.WEB_WORKERS
 # Requests one worker serves at once; pools.py sizes the thread pool from the same number.
@@ -33,33 +35,52 @@ max_requests_jitter = env_int("MAX_REQUESTS_JITTER", 0)
 limit_request_line = env_int("LIMIT_REQUEST_LINE", 8190)
 # Import the app in the master before forking (pools are created per worker either way).
 preload_app = env_bool("PRELOAD", False)
-# Access log destination ("-" for stdout); off by default for speed.
+# Access log destination ("-" for stdout); off by default for speed. Lines carry the request id.
 accesslog = env_str("ACCESS_LOG", None)
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
+
 # gunicorn's control socket ($HOME/.gunicorn/gunicorn.ctl) is one path per user, so two
 # instances (tests, benchmarks) would fight over it: off unless CONTROL_SOCKET=1.
 control_socket_disable = not env_bool("CONTROL_SOCKET", False)
 # Error log destination and level.
 errorlog = env_str("ERROR_LOG", "-")
-loglevel = env_str("LOG_LEVEL", "info")
+loglevel = Config.LOG_LEVEL
 
 UPSTREAM_READY_S = 10.0
 _upstream = None
 
+# prometheus_client's multiprocess mode: every worker writes its samples to files in one
+# directory, which must be set before any process imports prometheus_client and be empty at start.
+_OWN_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+if _OWN_METRICS_DIR:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="flask-pools-metrics-")
+
 
 def on_starting(server):
-    """Seed the database once, and start the upstream API when UPSTREAM_START is set (make run)."""
+    """Empty the metrics directory, seed the database once, and start the upstream if asked to."""
     from services.db import init_db
 
-    init_db(Config.DATABASE_URL)
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(metrics_dir, exist_ok=True)
+    for name in os.listdir(metrics_dir):
+        if name.endswith(".db"):
+            os.remove(os.path.join(metrics_dir, name))
+
+    try:
+        init_db(Config.DATABASE_URL)
+    except Exception as exc:  # the database may come up later: serve, and let /readyz say so
+        server.log.warning("could not create or seed the database: %s", exc)
     if Config.UPSTREAM_START:
         _start_upstream(server)
 
 
 def on_exit(server):
-    """Stop the upstream API that on_starting started."""
+    """Stop the upstream API that on_starting started, and remove our metrics directory."""
     if _upstream is not None and _upstream.poll() is None:
         _upstream.terminate()
         _upstream.wait(timeout=5)
+    if _OWN_METRICS_DIR:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
 def post_worker_init(worker):
@@ -72,6 +93,13 @@ def worker_exit(server, worker):
     import pools
 
     pools.shutdown_all()
+
+
+def child_exit(server, worker):
+    """In the master: drop the dead worker's live gauges from /metrics."""
+    import telemetry
+
+    telemetry.mark_process_dead(worker.pid)
 
 
 def _start_upstream(server):

@@ -1,23 +1,29 @@
 """The thread pool and the process pool of one serving process.
 
-    request thread                thread pool (I/O)                   sources
-    --------------                -----------------                   -------
-    gather(calls, deadline) --> submit one call per source --> file | SQL | HTTP
-        wait until done or deadline <-- Future per source <--------- value or error
+    request thread                 thread pool (I/O)                   sources
+    --------------                 -----------------                   -------
+    gather(calls, deadline) --> admit (else Saturated: 503)
+                                submit one call per source --> file | SQL | HTTP
+        wait until done or deadline <-- Future per source <---------- value or error
         cancel what has not started
 
-    request thread                process pool (CPU, forkserver)
-    --------------                ------------------------------
-    map_cpu(fn, chunks) --> submit one chunk per task --> fn(chunk) in a child process
-        join in chunk order <-- Future per chunk <------- results
-        BrokenProcessPool: drop the broken pool; the next call builds a new one
+    request thread                 process pool (CPU, forkserver)
+    --------------                 ------------------------------
+    map_cpu(fn, chunks, deadline) --> admit (else Saturated: 503)
+                                      submit one chunk per task --> fn(chunk) in a child
+        join in chunk order, or TimeoutError at the deadline <----- results
+        BrokenProcessPool: drop the broken pool (PoolRestarted: 503); the next call builds anew
 
-Both executors are created on first use in the process that uses them, never inherited across
-fork: gunicorn forks workers from its master (with --preload after importing the app), and an
-executor's threads and queues do not survive a fork.
+The stdlib executors queue without bound, so each pool has a gate that admits at most
+`size + queue_limit` tasks and refuses the rest at once: under overload a client gets a quick 503
+instead of a wait that grows. Both executors are created on first use in the process that uses
+them, never inherited across fork: gunicorn forks workers from its master (with --preload after
+importing the app), and an executor's threads and pipes do not survive a fork.
 """
+import contextvars
 import multiprocessing
 import os
+import select
 import signal
 import threading
 import time
@@ -26,7 +32,10 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
+import telemetry
+
 _instances = weakref.WeakSet()
+_OWNER_POLL_S = 1.0
 
 
 @dataclass
@@ -38,16 +47,57 @@ class Outcome:
     elapsed_ms: float = 0.0
 
 
+class Saturated(RuntimeError):
+    """A pool already holds all the work it may; the caller should answer 503."""
+
+    def __init__(self, pool):
+        super().__init__(f"the {pool} pool is full; retry shortly")
+        self.pool = pool
+
+
 class PoolRestarted(RuntimeError):
     """The process pool died under a call (a child was killed) and has been replaced."""
+
+
+class _Gate:
+    """Counts a pool's tasks, refuses those beyond its capacity, and publishes the counts."""
+
+    def __init__(self, pool, size, queue_limit):
+        self.pool = pool
+        self.size = size
+        self.capacity = size + queue_limit
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def enter(self, n):
+        with self._lock:
+            if self._held + n > self.capacity:
+                telemetry.REJECTED.labels(f"{self.pool}_pool_full").inc()
+                raise Saturated(self.pool)
+            self._held += n
+            self._publish()
+
+    def leave(self, _future=None):
+        with self._lock:
+            self._held -= 1
+            self._publish()
+
+    def _publish(self):
+        # An executor starts a task as soon as one of its `size` workers is free, so the
+        # tasks beyond `size` are exactly the ones waiting in its queue.
+        telemetry.POOL_BUSY.labels(self.pool).set(min(self._held, self.size))
+        telemetry.POOL_QUEUED.labels(self.pool).set(max(0, self._held - self.size))
 
 
 class Pools:
     """Owns one ThreadPoolExecutor and one ProcessPoolExecutor per process, created lazily."""
 
-    def __init__(self, thread_size, process_size, process_preload=()):
+    def __init__(self, thread_size, process_size, thread_queue=0, process_queue=0,
+                 process_preload=()):
         self.thread_size = thread_size
         self.process_size = process_size
+        self._thread_queue = thread_queue
+        self._process_queue = process_queue
         self._process_preload = list(process_preload)
         self._reset()
         _instances.add(self)
@@ -57,6 +107,8 @@ class Pools:
         self._lock = threading.Lock()
         self._threads = None
         self._processes = None
+        self._thread_gate = _Gate("thread", self.thread_size, self._thread_queue)
+        self._process_gate = _Gate("process", self.process_size, self._process_queue)
 
     def _check_pid(self):
         # After fork the child holds copies of the parent's executor objects whose threads and
@@ -71,6 +123,7 @@ class Pools:
             with self._lock:
                 if self._threads is None:
                     self._threads = ThreadPoolExecutor(self.thread_size, thread_name_prefix="read")
+                    telemetry.POOL_SIZE.labels("thread").set(self.thread_size)
         return self._threads
 
     def process_pool(self):
@@ -84,8 +137,10 @@ class Pools:
                     context = multiprocessing.get_context("forkserver")
                     context.set_forkserver_preload(self._process_preload)
                     self._processes = ProcessPoolExecutor(
-                        self.process_size, mp_context=context, initializer=_ignore_sigint
+                        self.process_size, mp_context=context,
+                        initializer=_init_child, initargs=(os.getpid(),),
                     )
+                    telemetry.POOL_SIZE.labels("process").set(self.process_size)
         return self._processes
 
     def gather(self, calls, deadline, concurrent=True):
@@ -94,39 +149,79 @@ class Pools:
         Concurrently on the thread pool, or one after another in this thread; a call still
         running at the deadline is reported as TimeoutError and one not yet started is cancelled.
         """
+        start = time.monotonic()
         if not concurrent:
-            return {name: _timed(call, deadline) for name, call in calls.items()}
+            return {name: _timed(name, call, deadline) for name, call in calls.items()}
         pool = self.thread_pool()
-        futures = {name: pool.submit(_timed, call, deadline) for name, call in calls.items()}
+        self._thread_gate.enter(len(calls))
+        futures = {}
+        try:
+            for name, call in calls.items():
+                # Each task runs in a copy of this context, so its log lines carry the request id.
+                context = contextvars.copy_context()
+                futures[name] = pool.submit(context.run, _timed, name, call, deadline)
+                futures[name].add_done_callback(self._thread_gate.leave)
+        finally:
+            for _ in range(len(calls) - len(futures)):  # admitted but never submitted
+                self._thread_gate.leave()
         wait(futures.values(), timeout=max(0.0, deadline - time.monotonic()))
         outcomes = {}
         for name, future in futures.items():
-            if future.done():
+            if future.done() and not future.cancelled():
                 outcomes[name] = future.result()
             else:
                 future.cancel()
-                outcomes[name] = Outcome(error=TimeoutError("no answer within the deadline"))
+                outcomes[name] = Outcome(error=TimeoutError("no answer within the deadline"),
+                                         elapsed_ms=(time.monotonic() - start) * 1000)
+                _record(name, "timeout", outcomes[name])
         return outcomes
 
-    def map_cpu(self, fn, chunks):
-        """Return [fn(chunk) for chunk in chunks], each chunk in a pool process."""
+    def map_cpu(self, fn, chunks, deadline):
+        """Return [fn(chunk) for chunk in chunks], each chunk in a pool process.
+
+        Raises TimeoutError at the deadline (cancelling chunks not started), Saturated when the
+        pool is full, PoolRestarted when a child died.
+        """
         pool = self.process_pool()
+        self._process_gate.enter(len(chunks))
+        futures = []
         try:
-            futures = [pool.submit(fn, chunk) for chunk in chunks]
+            for chunk in chunks:
+                futures.append(pool.submit(fn, chunk))
+                futures[-1].add_done_callback(self._process_gate.leave)
+            _, pending = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+            if pending:
+                for future in pending:
+                    future.cancel()
+                raise TimeoutError("the prime check did not finish within the deadline")
             return [future.result() for future in futures]
-        except BrokenProcessPool as exc:
+        except RuntimeError as exc:  # BrokenProcessPool, or "cannot schedule new futures after
+            # shutdown" when another thread replaced this broken pool first.
+            if not isinstance(exc, BrokenProcessPool) and pool is self._processes:
+                raise
             self._replace_broken(pool)
             raise PoolRestarted("a prime-check process died; the pool was rebuilt") from exc
+        finally:
+            for _ in range(len(chunks) - len(futures)):  # admitted but never submitted
+                self._process_gate.leave()
 
     def _replace_broken(self, broken):
         with self._lock:
             # Several requests see the same broken pool; only the first one replaces it.
-            if self._processes is broken:
-                self._processes = None
+            if self._processes is not broken:
+                return
+            self._processes = None
+        telemetry.POOL_REBUILDS.inc()
         broken.shutdown(wait=False, cancel_futures=True)
 
+    def is_running(self):
+        """True when both pools exist in this process and accept work."""
+        return (self._pid == os.getpid() and self._threads is not None
+                and self._processes is not None and not self._threads._shutdown)
+
     def warm(self):
-        """Start the process pool's forkserver and a first child now, not on a first request."""
+        """Start both pools, and the process pool's forkserver and a first child, now."""
+        self.thread_pool()
         self.process_pool().submit(os.getpid).result()
 
     def shutdown(self):
@@ -146,16 +241,51 @@ def shutdown_all():
         pools.shutdown()
 
 
-def _ignore_sigint():
+def _init_child(owner_pid):
     # Ctrl-C reaches the whole process group; the gunicorn worker that owns this child shuts
     # the pool down, so the child need not die mid-task with a KeyboardInterrupt traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_owner, args=(owner_pid,), daemon=True).start()
 
 
-def _timed(call, deadline):
+def _exit_with_owner(owner_pid):
+    # If the owning worker is SIGKILLed, nothing tells its pool children: each holds the write
+    # end of its own call queue, and (forkserver passes it to every child) of the forkserver's
+    # liveness pipe, so children, forkserver and resource tracker would all wait forever.
+    # Exiting here lets the forkserver and the resource tracker see EOF and exit too.
+    try:
+        pidfd = os.pidfd_open(owner_pid)
+    except ProcessLookupError:
+        os._exit(0)
+    except (AttributeError, OSError):  # no pidfd (not Linux >= 5.3): poll instead
+        while _alive(owner_pid):
+            time.sleep(_OWNER_POLL_S)
+        os._exit(0)
+    select.select([pidfd], [], [])  # a pidfd turns readable when its process exits
+    os._exit(0)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _timed(name, call, deadline):
     start = time.perf_counter()
     try:
-        value, error = call(deadline), None
+        outcome = Outcome(value=call(deadline))
     except Exception as exc:  # a source's failure is reported, not raised, so the others survive
-        value, error = None, exc
-    return Outcome(value, error, (time.perf_counter() - start) * 1000)
+        outcome = Outcome(error=exc)
+    outcome.elapsed_ms = (time.perf_counter() - start) * 1000
+    _record(name, "ok" if outcome.error is None else "error", outcome)
+    return outcome
+
+
+def _record(name, result, outcome):
+    telemetry.SOURCE_SECONDS.labels(name, result).observe(outcome.elapsed_ms / 1000)
+    if outcome.error is not None:
+        telemetry.log.warning("source %s: %s after %.0f ms: %s", name, result,
+                              outcome.elapsed_ms, outcome.error)

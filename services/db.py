@@ -1,12 +1,14 @@
 """The database source: one SQL query through SQLAlchemy Core, on SQLite or any SQLAlchemy URL."""
+import math
 import os
 import threading
 from pathlib import Path
 
+import sqlalchemy.exc
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, func, insert, select
 from sqlalchemy.engine import make_url
 
-from services import simulate_latency
+from services import remaining, simulate_latency
 
 metadata = MetaData()
 quotes = Table(
@@ -16,6 +18,8 @@ quotes = Table(
     Column("author", String(80), nullable=False),
     Column("text", String(400), nullable=False),
 )
+FIRST_QUOTE = select(quotes).order_by(quotes.c.id).limit(1)
+DEFAULT_TIMEOUT_S = 2.0
 SEED_ROWS = [
     {"id": 1, "author": "Rob Pike", "text": "Concurrency is not parallelism."},
     {"id": 2, "author": "Donald Knuth", "text": "Premature optimization is the root of all evil."},
@@ -23,12 +27,20 @@ SEED_ROWS = [
 ]
 
 
-def make_engine(url, pool_size=5):
-    """Create an engine whose connection pool serves `pool_size` threads at once."""
+def make_engine(url, pool_size=5, timeout_s=DEFAULT_TIMEOUT_S):
+    """Create an engine for `pool_size` threads at once, whose waits all end within `timeout_s`."""
     url = make_url(url)
-    if url.get_backend_name() == "sqlite" and url.database:
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    backend = url.get_backend_name()
+    connect_args = {}
+    if backend == "sqlite":
+        connect_args["timeout"] = timeout_s  # how long to wait for a lock held by a writer
+        if url.database:
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    elif backend == "postgresql" and url.get_driver_name() == "psycopg2":
+        connect_args["connect_timeout"] = max(1, math.ceil(timeout_s))
+        connect_args["options"] = f"-c statement_timeout={int(timeout_s * 1000)}"
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=timeout_s,
+                         pool_pre_ping=True, connect_args=connect_args)
 
 
 def init_db(url):
@@ -48,10 +60,11 @@ class DbSource:
 
     name = "db"
 
-    def __init__(self, url, delay_s=0.0, pool_size=5):
+    def __init__(self, url, delay_s=0.0, pool_size=5, timeout_s=DEFAULT_TIMEOUT_S):
         self.url = url
         self.delay_s = delay_s
         self.pool_size = pool_size
+        self.timeout_s = timeout_s
         self._engine = None
         self._pid = None
         self._lock = threading.Lock()
@@ -61,13 +74,25 @@ class DbSource:
         if self._pid != os.getpid():
             with self._lock:
                 if self._pid != os.getpid():
-                    self._engine = make_engine(self.url, self.pool_size)
+                    self._engine = make_engine(self.url, self.pool_size, self.timeout_s)
                     self._pid = os.getpid()
         return self._engine
 
     def read(self, deadline):
         """Return the first quote as a dict."""
         simulate_latency(self.delay_s, deadline)
-        query = select(quotes).order_by(quotes.c.id).limit(1)
+        try:
+            with self.engine().connect() as conn:
+                return dict(conn.execute(FIRST_QUOTE).mappings().one())
+        except sqlalchemy.exc.TimeoutError as exc:  # no pooled connection came free in time
+            raise TimeoutError(f"no database connection within {self.timeout_s} s") from exc
+        except sqlalchemy.exc.OperationalError as exc:
+            if "statement timeout" in str(exc):
+                raise TimeoutError("the query outlasted the statement timeout") from exc
+            raise
+
+    def check(self, deadline):
+        """Run SELECT 1: the database answers."""
+        remaining(deadline)
         with self.engine().connect() as conn:
-            return dict(conn.execute(query).mappings().one())
+            conn.execute(select(1)).scalar_one()

@@ -1,4 +1,5 @@
 """The file source: a text file on disk."""
+import os
 from pathlib import Path
 
 from services import simulate_latency
@@ -17,3 +18,8 @@ class FileSource:
         """Return the file's text, stripped of surrounding white space."""
         simulate_latency(self.delay_s, deadline)
         return self.path.read_text(encoding="utf-8").strip()
+
+    def check(self, deadline):
+        """The file exists and this process may read it."""
+        if not os.access(self.path, os.R_OK):
+            raise FileNotFoundError(f"cannot read {self.path}")

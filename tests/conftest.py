@@ -109,6 +109,57 @@ def _sid(pid):
         return None
 
 
+def parent_of(pid):
+    """The parent pid of `pid`, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
+
+
+def descendants(pid):
+    """Pids of every live process below `pid`."""
+    children = {}
+    for child in _live_pids():
+        children.setdefault(parent_of(child), []).append(child)
+    found, stack = [], list(children.get(pid, []))
+    while stack:
+        child = stack.pop()
+        found.append(child)
+        stack.extend(children.get(child, []))
+    return sorted(found)
+
+
+def run_clients(url, clients, per_client, timeout_s=30, headers=None):
+    """Send clients x per_client GETs from `clients` concurrent connections (aiohttp).
+
+    Returns [(status, seconds, headers)], one per request; a bounded run against 127.0.0.1 only.
+    """
+    import asyncio
+
+    import aiohttp
+
+    assert url.startswith("http://127.0.0.1:")
+
+    async def client(session, results):
+        for _ in range(per_client):
+            start = time.monotonic()
+            async with session.get(url, headers=headers) as response:
+                await response.read()
+                results.append((response.status, time.monotonic() - start, response.headers))
+
+    async def main():
+        results = []
+        connector = aiohttp.TCPConnector(limit=clients)
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            await asyncio.gather(*(client(session, results) for _ in range(clients)))
+        return results
+
+    return asyncio.run(main())
+
+
 def start_upstream(delay_ms=0):
     """Start the real upstream API on a free port."""
     port = free_port()
@@ -116,12 +167,12 @@ def start_upstream(delay_ms=0):
     return Service(command, port)
 
 
-def start_gunicorn(upstream_url, tmp_path, **env):
-    """Start real gunicorn (gunicorn.conf.py) on a free port against `upstream_url`."""
+def start_gunicorn(api_url, tmp_path, **env):
+    """Start real gunicorn (gunicorn.conf.py) on a free port, reading its API at `api_url`."""
     port = free_port()
     settings = {
         "PORT": str(port),
-        "API_URL": upstream_url + "/",
+        "API_URL": api_url,
         "DATABASE_URL": f"sqlite:///{tmp_path / 'app.db'}",
         "WEB_WORKERS": "2",
         "WEB_THREADS": "32",

@@ -25,7 +25,7 @@ def upstream_300():
 @pytest.fixture(scope="module")
 def server(upstream_300, tmp_path_factory):
     """gunicorn with two workers and the seed latency profile."""
-    service = start_gunicorn(upstream_300.url, tmp_path_factory.mktemp("gunicorn"), **SEED_PROFILE)
+    service = start_gunicorn(upstream_300.url + "/", tmp_path_factory.mktemp("gunicorn"), **SEED_PROFILE)
     yield service
     service.stop()
 
@@ -114,9 +114,8 @@ def test_server_is_healthy_after_bad_input(server):
 
 
 def test_preload_and_worker_recycling_keep_pools_working(upstream_300, tmp_path):
-    service = start_gunicorn(upstream_300.url, tmp_path, PRELOAD=1, MAX_REQUESTS=10,
-                             MAX_REQUESTS_JITTER=3, FILE_DELAY_MS=0, DB_DELAY_MS=0,
-                             API_URL=upstream_300.url + "/?delay_ms=0")
+    service = start_gunicorn(upstream_300.url + "/?delay_ms=0", tmp_path, PRELOAD=1,
+                             MAX_REQUESTS=10, MAX_REQUESTS_JITTER=3, FILE_DELAY_MS=0, DB_DELAY_MS=0)
     try:
         big = 2**1279 - 1
         for i in range(60):
@@ -128,7 +127,7 @@ def test_preload_and_worker_recycling_keep_pools_working(upstream_300, tmp_path)
 
 
 def test_sigterm_stops_gunicorn_and_every_child(upstream_300, tmp_path):
-    service = start_gunicorn(upstream_300.url, tmp_path)
+    service = start_gunicorn(upstream_300.url + "/", tmp_path)
     requests.get(service.url + "/is_prime/7?mode=process", timeout=10)
     assert len(service.session_pids()) > 3  # master, workers, forkservers, pool processes
     assert service.stop(signal.SIGTERM) == 0

@@ -3,12 +3,20 @@ import os
 import signal
 import time
 
+import threading
+
 import pytest
 
 import pools
+import telemetry
 from services import primes
 
 SLEEP_S = 0.2
+
+
+def far():
+    """A deadline that will not pass during a test."""
+    return time.monotonic() + 30
 
 
 def sleeper(seconds, value=None):
@@ -27,7 +35,8 @@ def failing(deadline):
 @pytest.fixture
 def pool_pair():
     """A Pools with room for a few concurrent calls and two processes."""
-    pair = pools.Pools(thread_size=8, process_size=2, process_preload=["services.primes"])
+    pair = pools.Pools(thread_size=8, process_size=2, process_queue=2,
+                       process_preload=["services.primes"])
     yield pair
     pair.shutdown()
 
@@ -65,7 +74,7 @@ def test_gather_stops_waiting_at_the_deadline(pool_pair):
 
 def test_gather_cancels_calls_not_started_by_the_deadline():
     ran = []
-    single = pools.Pools(thread_size=1, process_size=1)
+    single = pools.Pools(thread_size=1, process_size=1, thread_queue=1)
     try:
         deadline = time.monotonic() + SLEEP_S
         outcomes = single.gather({"busy": sleeper(SLEEP_S * 2), "queued": ran.append}, deadline)
@@ -78,21 +87,21 @@ def test_gather_cancels_calls_not_started_by_the_deadline():
 
 def test_map_cpu_keeps_chunk_order(pool_pair):
     chunks = [[4, 7], [11], [12, 13, 1]]
-    assert pool_pair.map_cpu(primes.check_batch, chunks) == [[False, True], [True], [False, True, False]]
+    assert pool_pair.map_cpu(primes.check_batch, chunks, far()) == [[False, True], [True], [False, True, False]]
 
 
 def test_map_cpu_runs_in_other_processes(pool_pair):
-    pids = {pid for [pid] in pool_pair.map_cpu(_pid_of_chunk, [[0]] * 4)}
+    pids = {pid for [pid] in pool_pair.map_cpu(_pid_of_chunk, [[0]] * 4, far())}
     assert os.getpid() not in pids
 
 
 def test_a_killed_pool_process_gives_pool_restarted_then_a_new_pool(pool_pair):
-    [[victim]] = pool_pair.map_cpu(_pid_of_chunk, [[0]])
+    [[victim]] = pool_pair.map_cpu(_pid_of_chunk, [[0]], far())
     os.kill(victim, signal.SIGKILL)
     time.sleep(0.2)
     with pytest.raises(pools.PoolRestarted):
-        pool_pair.map_cpu(primes.check_batch, [[7]])
-    assert pool_pair.map_cpu(primes.check_batch, [[7]]) == [[True]]
+        pool_pair.map_cpu(primes.check_batch, [[7]], far())
+    assert pool_pair.map_cpu(primes.check_batch, [[7]], far()) == [[True]]
 
 
 def test_pools_are_not_inherited_across_fork(pool_pair):
@@ -115,6 +124,44 @@ def test_shutdown_all_stops_every_pool(pool_pair):
     pool_pair.process_pool()
     pools.shutdown_all()
     assert pool_pair._threads is None and pool_pair._processes is None
+
+
+def test_a_full_thread_pool_refuses_at_once_and_frees_its_slots():
+    small = pools.Pools(thread_size=2, process_size=1)
+    try:
+        busy = threading.Thread(target=small.gather, args=({"a": sleeper(SLEEP_S), "b": sleeper(SLEEP_S)}, far()))
+        busy.start()
+        time.sleep(SLEEP_S / 4)
+        start = time.monotonic()
+        with pytest.raises(pools.Saturated):
+            small.gather({"c": sleeper(0)}, far())
+        assert time.monotonic() - start < 0.05
+        busy.join()
+        assert small.gather({"c": sleeper(0, 3)}, far())["c"].value == 3
+    finally:
+        small.shutdown()
+
+
+def test_a_full_process_pool_refuses(pool_pair):
+    assert pool_pair._process_gate.capacity == 4  # two processes, two queued chunks
+    with pytest.raises(pools.Saturated):
+        pool_pair.map_cpu(primes.check_batch, [[7]] * 5, far())
+    assert pool_pair.map_cpu(primes.check_batch, [[7]] * 4, far()) == [[True]] * 4
+
+
+def test_map_cpu_times_out_at_the_deadline_and_frees_the_pool(pool_pair):
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        pool_pair.map_cpu(time.sleep, [1.0, 1.0, 1.0], start + SLEEP_S)
+    assert time.monotonic() - start < SLEEP_S + 0.3
+    time.sleep(1.0)
+    assert pool_pair.map_cpu(primes.check_batch, [[5]], far()) == [[True]]
+
+
+def test_pool_tasks_see_the_callers_request_id(pool_pair):
+    telemetry.set_request_id("rid-from-caller")
+    outcomes = pool_pair.gather({"x": lambda deadline: telemetry.current_request_id()}, far())
+    assert outcomes["x"].value == "rid-from-caller"
 
 
 def _pid_of_chunk(chunk):

@@ -3,10 +3,11 @@ import time
 
 import pytest
 import requests
+from sqlalchemy import create_engine, func, select, text
 
 from services import simulate_latency
 from services.api import ApiSource
-from services.db import DbSource, SEED_ROWS, init_db
+from services.db import SEED_ROWS, DbSource, init_db, quotes
 from services.files import FileSource
 
 
@@ -49,11 +50,25 @@ def test_db_source_reads_the_seeded_row(url_kind, tmp_path, request):
     init_db(url)  # a second start must not seed twice
     source = DbSource(url)
     assert source.read(far()) == SEED_ROWS[0]
-    from sqlalchemy import func, select
-    from services.db import quotes
     with source.engine().connect() as conn:
         assert conn.execute(select(func.count()).select_from(quotes)).scalar_one() == len(SEED_ROWS)
     source.engine().dispose()
+
+
+def test_db_read_blocked_past_the_statement_timeout_is_a_timeout(postgres_url):
+    init_db(postgres_url)
+    source = DbSource(postgres_url, timeout_s=0.3)
+    blocker = create_engine(postgres_url)
+    try:
+        with blocker.begin() as conn:
+            conn.execute(text("LOCK TABLE quotes IN ACCESS EXCLUSIVE MODE"))
+            start = time.monotonic()
+            with pytest.raises(TimeoutError):
+                source.read(far())
+            assert time.monotonic() - start < 1.5
+    finally:
+        blocker.dispose()
+        source.engine().dispose()
 
 
 def test_db_source_unreachable_server_raises():
@@ -78,7 +93,7 @@ def test_api_source_reuses_its_connection(upstream):
 def test_api_source_gives_up_at_the_deadline(upstream):
     source = ApiSource(upstream.url + "/?delay_ms=2000")
     start = time.monotonic()
-    with pytest.raises(requests.Timeout):
+    with pytest.raises(TimeoutError):
         source.read(start + 0.2)
     assert time.monotonic() - start < 1
 

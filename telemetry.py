@@ -1,0 +1,90 @@
+"""Request ids in every log line, and Prometheus metrics that add up across gunicorn workers.
+
+Under gunicorn, gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR before anything imports
+prometheus_client, so each worker writes its samples to files there and /metrics sums them
+(prometheus_client's multiprocess mode). Outside gunicorn the default in-process registry is used.
+"""
+import contextvars
+import logging
+import os
+import re
+import sys
+import uuid
+
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
+                               generate_latest, multiprocess)
+from prometheus_client import REGISTRY
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_request_id = contextvars.ContextVar("request_id", default="-")
+LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] [%(threadName)s] [rid=%(request_id)s] %(name)s: %(message)s"
+
+log = logging.getLogger("service")
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 2.5, 5, 10)
+REQUEST_SECONDS = Histogram(
+    "http_request_duration_seconds", "Time from gunicorn queueing a request to its response",
+    ["route", "method", "status"], buckets=LATENCY_BUCKETS)
+SOURCE_SECONDS = Histogram(
+    "source_read_duration_seconds", "Time of one read of a GET / source",
+    ["source", "outcome"], buckets=LATENCY_BUCKETS)
+POOL_QUEUED = Gauge(
+    "pool_queue_depth", "Tasks submitted to a pool and not yet started", ["pool"],
+    multiprocess_mode="livesum")
+POOL_BUSY = Gauge(
+    "pool_busy_workers", "Pool threads or processes running a task", ["pool"],
+    multiprocess_mode="livesum")
+POOL_SIZE = Gauge(
+    "pool_size", "Threads or processes a pool may use", ["pool"], multiprocess_mode="livesum")
+REJECTED = Counter(
+    "rejected_requests_total", "Requests answered 503 because the service was saturated",
+    ["reason"])
+POOL_REBUILDS = Counter(
+    "process_pool_rebuilds_total", "Process pools replaced after a child process died")
+
+
+def set_request_id(incoming):
+    """Adopt a well-formed incoming X-Request-ID or make a new one; return it."""
+    request_id = incoming if incoming and _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    _request_id.set(request_id)
+    return request_id
+
+
+def current_request_id():
+    """The id of the request this thread (or pool task) is working for."""
+    return _request_id.get()
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record):
+        record.request_id = _request_id.get()
+        return True
+
+
+def configure_logging(level):
+    """Send the service's log lines, each with its request id, to stderr (gunicorn's error log)."""
+    if any(isinstance(f, _RequestIdFilter) for h in log.handlers for f in h.filters):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(_RequestIdFilter())
+    log.addHandler(handler)
+    log.setLevel(level.upper())
+    log.propagate = False
+
+
+def render_metrics():
+    """Return (body, content type) of every metric, summed over all worker processes."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def mark_process_dead(pid):
+    """Drop a dead worker's live gauges (gunicorn's child_exit hook calls this)."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        multiprocess.mark_process_dead(pid)

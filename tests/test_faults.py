@@ -1,0 +1,250 @@
+"""Faults injected against real gunicorn and the real upstream: each bounded in time and traffic."""
+import os
+import re
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import (big_primes, descendants, free_port, parent_of, run_clients,
+                            start_gunicorn, start_upstream)
+
+DEADLINE_S = 1.0
+MARGIN_S = 0.5
+BIG_BATCH = "/is_prime/" + ",".join(big_primes(900, 4)) + "?mode=process"
+MERSENNE = f"/is_prime/{2**1279 - 1}?mode=process"
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    """A real upstream without delay (per-request delays through ?delay_ms=)."""
+    service = start_upstream()
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def serve(upstream, tmp_path):
+    """Start gunicorn with settings; every server started is stopped after the test."""
+    started = []
+
+    def start(api_url=None, **env):
+        env.setdefault("REQUEST_TIMEOUT_S", DEADLINE_S)
+        service = start_gunicorn(api_url or upstream.url + "/", tmp_path, **env)
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
+
+
+def get(service, path, **kwargs):
+    """GET; return (response, seconds)."""
+    start = time.monotonic()
+    response = requests.get(service.url + path, timeout=10, **kwargs)
+    return response, time.monotonic() - start
+
+
+def assert_primes_stay_fast(service):
+    response, seconds = get(service, "/is_prime/1,2,3,4")
+    assert response.status_code == 200 and seconds < 0.2
+
+
+@pytest.mark.parametrize("fault, env, status, source, reachable", [
+    ("upstream down", {"API_URL": "http://127.0.0.1:{closed}/"}, 502, "api", False),
+    ("upstream slower than the deadline", {"API_URL": "{upstream}/?delay_ms=5000"}, 504, "api",
+     True),
+    ("database unreachable", {"DATABASE_URL": "postgresql+psycopg2://postgres@127.0.0.1:{closed}/test"},
+     502, "db", False),
+    ("data file missing", {"FILE_PATH": "/nonexistent/data.txt"}, 502, "file", False),
+])
+def test_a_failing_source_is_named_within_the_deadline(serve, upstream, fault, env, status, source,
+                                                       reachable):
+    closed = free_port()
+    env = {k: v.format(closed=closed, upstream=upstream.url) for k, v in env.items()}
+    service = serve(api_url=env.pop("API_URL", None), **env)
+    response, seconds = get(service, "/")
+    body = response.json()
+    assert response.status_code == status, body.get("errors")
+    assert list(body["errors"]) == [source]
+    assert body[f"result_{source}"] is None
+    assert all(body[f"result_{other}"] for other in ("file", "db", "api") if other != source)
+    assert seconds < DEADLINE_S + MARGIN_S
+    assert_primes_stay_fast(service)
+    ready = requests.get(service.url + "/readyz", timeout=10)
+    assert ready.status_code == (200 if reachable else 503)
+    assert (ready.json()["checks"][source] == "ok") == reachable
+
+
+def test_a_slow_upstream_does_not_tie_up_threads(serve, upstream):
+    # 8 threads per worker, so 24 reads in flight: 3 rounds of 8 slow requests would need
+    # 3 x 5 s if threads stayed stuck on the upstream past the deadline.
+    service = serve(api_url=upstream.url + "/?delay_ms=5000", WEB_THREADS=8, WEB_WORKERS=1)
+    for _ in range(3):
+        results = run_clients(service.url + "/", clients=8, per_client=1)
+        assert [status for status, _, _ in results] == [504] * 8
+        assert max(seconds for _, seconds, _ in results) < DEADLINE_S + MARGIN_S
+
+
+def test_ready_and_healthy_when_all_is_well(serve):
+    service = serve()
+    assert requests.get(service.url + "/healthz", timeout=5).json() == {"status": "ok"}
+    ready = requests.get(service.url + "/readyz", timeout=5)
+    assert ready.status_code == 200 and set(ready.json()["checks"].values()) == {"ok"}
+
+
+def kill_and_recover(service, victims_of):
+    """Kill processes during a batch of big prime checks; return (batch statuses, recovery s)."""
+    with ThreadPoolExecutor(8) as clients:
+        batch = [clients.submit(get, service, BIG_BATCH) for _ in range(8)]
+        time.sleep(0.3)
+        victims = [pid for worker in worker_pids(service) for pid in victims_of(worker)]
+        assert victims
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        statuses = [future.result()[0].status_code for future in batch]
+    give_up = killed_at + 10
+    while time.monotonic() < give_up:
+        if get(service, MERSENNE)[0].status_code == 200:
+            break
+        time.sleep(0.02)
+    recovery = time.monotonic() - killed_at
+    for _ in range(10):  # and stays recovered, on every worker
+        assert get(service, MERSENNE)[0].status_code == 200
+    return statuses, recovery
+
+
+def worker_pids(service):
+    """gunicorn's worker processes: the master's direct children."""
+    return [pid for pid in descendants(service.proc.pid) if parent_of(pid) == service.proc.pid]
+
+
+def pool_children(worker):
+    """The pool processes of a worker: the forkserver's children."""
+    return [pid for pid in descendants(worker) if parent_of(parent_of(pid)) == worker]
+
+
+@pytest.mark.parametrize("victims_of", [pool_children, descendants],
+                         ids=["pool processes", "everything below the worker"])
+def test_killed_pool_processes_give_503_then_a_rebuilt_pool(serve, victims_of):
+    service = serve(REQUEST_TIMEOUT_S=10, WEB_WORKERS=1)
+    statuses, recovery = kill_and_recover(service, victims_of)
+    assert set(statuses) <= {200, 503} and 503 in statuses
+    assert recovery < 1.0
+    metrics = scrape(service)
+    assert metrics["process_pool_rebuilds_total"] >= 1
+
+
+def test_a_killed_worker_is_replaced(serve):
+    service = serve()
+    old_workers = worker_pids(service)
+    os.kill(old_workers[0], signal.SIGKILL)
+    give_up = time.monotonic() + 15
+    while time.monotonic() < give_up:
+        workers = worker_pids(service)
+        if len(workers) == 2 and old_workers[0] not in workers:
+            break
+        time.sleep(0.1)
+    assert len(worker_pids(service)) == 2 and old_workers[0] not in worker_pids(service)
+    for _ in range(6):
+        assert get(service, "/")[0].status_code == 200
+        assert get(service, MERSENNE)[0].status_code == 200
+    # What the killed worker started (its forkserver, pool processes, resource tracker) exits too.
+    give_up = time.monotonic() + 10
+    while time.monotonic() < give_up and orphans(service):
+        time.sleep(0.2)
+    assert orphans(service) == []
+
+
+def orphans(service):
+    """Processes of the server's session that are no longer below its master."""
+    below = set(descendants(service.proc.pid)) | {service.proc.pid}
+    return [pid for pid in service.session_pids() if pid not in below]
+
+
+def test_sigterm_answers_every_request_in_flight_then_leaves_nothing(serve, upstream):
+    service = serve(api_url=upstream.url + "/?delay_ms=1000", REQUEST_TIMEOUT_S=3,
+                    GRACEFUL_TIMEOUT=10)
+    get(service, MERSENNE)
+    before = service.session_pids()
+    assert len(before) >= 7  # master, 2 workers, 2 forkservers, 2 resource trackers, children
+    results = []
+    clients = [threading.Thread(target=lambda: results.append(get(service, "/")[0].status_code))
+               for _ in range(40)]
+    for client in clients:
+        client.start()
+    time.sleep(0.5)  # all 40 are in the service, waiting on the upstream
+    started = time.monotonic()
+    service.proc.send_signal(signal.SIGTERM)
+    for client in clients:
+        client.join()
+    assert results == [200] * 40
+    assert service.stop() == 0
+    assert time.monotonic() - started < 10
+    assert service.leftovers == []
+
+
+@pytest.mark.parametrize("threads, must_shed", [(256, False), (32, True)],
+                         ids=["default threads", "few threads"])
+def test_overload_gives_only_200_or_503_within_the_deadline(serve, upstream, threads, must_shed):
+    service = serve(api_url=upstream.url + "/?delay_ms=300", REQUEST_TIMEOUT_S=2,
+                    FILE_DELAY_MS=100, DB_DELAY_MS=200, WEB_THREADS=threads,
+                    LOG_LEVEL="error")
+    results = run_clients(service.url + "/", clients=500, per_client=4, timeout_s=60)
+    statuses = [status for status, _, _ in results]
+    assert set(statuses) <= {200, 503}, {s: statuses.count(s) for s in set(statuses)}
+    assert max(seconds for _, seconds, _ in results) < 2 + MARGIN_S
+    assert statuses.count(200) > len(statuses) / 4
+    shed = [headers for status, _, headers in results if status == 503]
+    assert all(headers["Retry-After"] == "1" for headers in shed)
+    if must_shed:
+        assert shed
+    print(f"\n{threads} threads: {statuses.count(200)} x 200, {len(shed)} x 503, slowest "
+          f"{max(seconds for _, seconds, _ in results):.2f} s")
+
+
+def scrape(service):
+    """Sum every sample of /metrics by name and labels, as Prometheus would see it."""
+    text = requests.get(service.url + "/metrics", timeout=10).text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+def test_metrics_add_up_over_workers(serve):
+    service = serve(WEB_THREADS=16)
+    for _ in range(20):
+        get(service, "/")
+    get(service, MERSENNE)
+    metrics = scrape(service)
+    assert metrics["pool_size{pool=thread}"] == 2 * 16 * 3  # both workers' thread pools
+    assert metrics["pool_size{pool=process}"] == 2 * 2
+    requests_seen = metrics['http_request_duration_seconds_count{method=GET,route=/,status=200}']
+    assert requests_seen == 20
+    assert metrics["source_read_duration_seconds_count{outcome=ok,source=api}"] == 20
+    for name in ("pool_queue_depth{pool=thread}", "pool_busy_workers{pool=process}",
+                 "process_pool_rebuilds_total"):
+        assert name in metrics
+
+
+def test_request_id_is_echoed_and_logged_from_pool_threads(serve):
+    service = serve(api_url=f"http://127.0.0.1:{free_port()}/")
+    response, _ = get(service, "/", headers={"X-Request-ID": "trace-abc-123"})
+    assert response.headers["X-Request-ID"] == "trace-abc-123"
+    generated = get(service, "/healthz")[0].headers["X-Request-ID"]
+    assert re.fullmatch(r"[0-9a-f]{32}", generated)
+    bad = get(service, "/healthz", headers={"X-Request-ID": "no spaces\tor tabs"})[0]
+    assert bad.headers["X-Request-ID"] != "no spaces\tor tabs"
+    time.sleep(0.2)
+    lines = [line for line in service.output().splitlines() if "trace-abc-123" in line]
+    assert any("[read_" in line and "source api" in line for line in lines), lines
+    assert any("GET / 502" in line for line in lines), lines
