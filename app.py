@@ -48,7 +48,7 @@ def create_app(test_config=None):
     sources = [
         FileSource(cfg["FILE_PATH"], cfg["FILE_DELAY_MS"] / 1000),
         DbSource(cfg["DATABASE_URL"], cfg["DB_DELAY_MS"] / 1000, cfg["DB_POOL_SIZE"], timeout),
-        ApiSource(cfg["API_URL"]),
+        ApiSource(cfg["API_URL"], cfg["THREAD_POOL_SIZE"] or cfg["WEB_THREADS"]),
     ]
     app.extensions["sources"] = {source.name: source for source in sources}
     app.extensions["pools"] = Pools(
@@ -88,7 +88,8 @@ def _finish_request(response):
     seconds = time.monotonic() - g.arrived
     route = request.url_rule.rule if request.url_rule else "unmatched"
     telemetry.REQUEST_SECONDS.labels(route, request.method, response.status_code).observe(seconds)
-    level = "warning" if response.status_code >= 500 else "debug"
+    # Shed requests (503) are counted in /metrics; a log line each would add to the overload.
+    level = "warning" if response.status_code >= 500 and response.status_code != 503 else "debug"
     getattr(telemetry.log, level)("%s %s %s %.1f ms", request.method, request.full_path.rstrip("?"),
                                   response.status_code, seconds * 1000)
     return response

@@ -18,8 +18,10 @@ worker_class = env_str("WORKER_CLASS", "worker.QueueTimedThreadWorker")
 workers = Config.WEB_WORKERS
 # Requests one worker serves at once; pools.py sizes the thread pool from the same number.
 threads = Config.WEB_THREADS
-# Open connections per worker: threads busy plus idle keep-alive ones.
-worker_connections = env_int("WORKER_CONNECTIONS", 4 * Config.WEB_THREADS)
+# Open connections per worker, busy or idle keep-alive. Far above `threads` on purpose: a
+# connection gthread has accepted is queued with a time stamp and shed with a quick 503 once it
+# has waited too long, while one left in the kernel's backlog waits unseen, without bound.
+worker_connections = env_int("WORKER_CONNECTIONS", 1000)
 # Accept queue of the listening socket, so a burst of clients is not refused at connect.
 backlog = env_int("BACKLOG", 2048)
 # A worker silent this long is killed and replaced (a stuck worker, not a slow request).
@@ -117,3 +119,8 @@ def _start_upstream(server):
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"the upstream API did not answer on {url}")
+
+
+def post_fork(server, worker):
+    import sys
+    sys.setswitchinterval(float(os.environ.get("SWITCH_S", "0.005")))

@@ -1,14 +1,12 @@
 """The database source: one SQL query through SQLAlchemy Core, on SQLite or any SQLAlchemy URL."""
 import math
-import os
-import threading
 from pathlib import Path
 
 import sqlalchemy.exc
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, func, insert, select
 from sqlalchemy.engine import make_url
 
-from services import remaining, simulate_latency
+from services import PerProcess, remaining, simulate_latency
 
 metadata = MetaData()
 quotes = Table(
@@ -63,20 +61,12 @@ class DbSource:
     def __init__(self, url, delay_s=0.0, pool_size=5, timeout_s=DEFAULT_TIMEOUT_S):
         self.url = url
         self.delay_s = delay_s
-        self.pool_size = pool_size
         self.timeout_s = timeout_s
-        self._engine = None
-        self._pid = None
-        self._lock = threading.Lock()
+        self._engine = PerProcess(lambda: make_engine(url, pool_size, timeout_s))
 
     def engine(self):
         """Return this process's engine; a forked child builds its own, never sharing sockets."""
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._engine = make_engine(self.url, self.pool_size, self.timeout_s)
-                    self._pid = os.getpid()
-        return self._engine
+        return self._engine.get()
 
     def read(self, deadline):
         """Return the first quote as a dict."""

@@ -10,6 +10,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from config import Config
 from tests.conftest import (big_primes, descendants, free_port, parent_of, run_clients,
                             start_gunicorn, start_upstream)
 
@@ -170,7 +171,7 @@ def orphans(service):
 
 def test_sigterm_answers_every_request_in_flight_then_leaves_nothing(serve, upstream):
     service = serve(api_url=upstream.url + "/?delay_ms=1000", REQUEST_TIMEOUT_S=3,
-                    GRACEFUL_TIMEOUT=10)
+                    GRACEFUL_TIMEOUT=10, WEB_THREADS=64)
     get(service, MERSENNE)
     before = service.session_pids()
     assert len(before) >= 7  # master, 2 workers, 2 forkservers, 2 resource trackers, children
@@ -190,22 +191,19 @@ def test_sigterm_answers_every_request_in_flight_then_leaves_nothing(serve, upst
     assert service.leftovers == []
 
 
-@pytest.mark.parametrize("threads, must_shed", [(256, False), (32, True)],
-                         ids=["default threads", "few threads"])
-def test_overload_gives_only_200_or_503_within_the_deadline(serve, upstream, threads, must_shed):
+def test_overload_gives_only_200_or_503_within_the_deadline(serve, upstream):
+    # The default deployment (2 workers of WEB_THREADS threads) and the seed latency profile.
     service = serve(api_url=upstream.url + "/?delay_ms=300", REQUEST_TIMEOUT_S=2,
-                    FILE_DELAY_MS=100, DB_DELAY_MS=200, WEB_THREADS=threads,
-                    LOG_LEVEL="error")
+                    FILE_DELAY_MS=100, DB_DELAY_MS=200, WEB_THREADS=Config.WEB_THREADS)
     results = run_clients(service.url + "/", clients=500, per_client=4, timeout_s=60)
     statuses = [status for status, _, _ in results]
-    assert set(statuses) <= {200, 503}, {s: statuses.count(s) for s in set(statuses)}
+    warnings = [line for line in service.output().splitlines() if "WARNING" in line][:10]
+    assert set(statuses) <= {200, 503}, ({s: statuses.count(s) for s in set(statuses)}, warnings)
     assert max(seconds for _, seconds, _ in results) < 2 + MARGIN_S
-    assert statuses.count(200) > len(statuses) / 4
+    assert statuses.count(200) >= 100  # still serving, not only shedding
     shed = [headers for status, _, headers in results if status == 503]
-    assert all(headers["Retry-After"] == "1" for headers in shed)
-    if must_shed:
-        assert shed
-    print(f"\n{threads} threads: {statuses.count(200)} x 200, {len(shed)} x 503, slowest "
+    assert shed and all(headers["Retry-After"] == "1" for headers in shed)
+    print(f"\n500 clients: {statuses.count(200)} x 200, {len(shed)} x 503, slowest "
           f"{max(seconds for _, seconds, _ in results):.2f} s")
 
 
