@@ -120,7 +120,3 @@ def _start_upstream(server):
             time.sleep(0.05)
     raise RuntimeError(f"the upstream API did not answer on {url}")
 
-
-def post_fork(server, worker):
-    import sys
-    sys.setswitchinterval(float(os.environ.get("SWITCH_S", "0.005")))

@@ -1,9 +1,11 @@
 """The routes through Flask's test client, with the real sources and pools."""
 import json
-
-import pytest
+import time
 
 import gmpy2
+import pytest
+
+import worker
 
 from tests.conftest import big_primes
 
@@ -125,3 +127,66 @@ def test_wrong_method_is_a_json_405_with_allow(client):
     response = client.delete("/is_prime/1")
     assert response.status_code == 405 and "GET" in response.headers["Allow"]
     assert json.loads(response.get_data())["status"] == 405
+
+
+def test_healthz(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.get_json() == {"status": "ok"}
+
+
+def test_readyz_checks_pools_and_every_source(client):
+    body = client.get("/readyz").get_json()
+    assert body["status"] == "ready"
+    assert set(body["checks"]) == {"process_pool", "thread_pool", "file", "db", "api"}
+
+
+def test_readyz_names_an_unreachable_source(app, client, tmp_path):
+    app.extensions["sources"]["file"].path = tmp_path / "missing.txt"
+    response = client.get("/readyz")
+    assert response.status_code == 503 and response.get_json()["checks"]["file"] != "ok"
+
+
+def test_metrics_count_requests_by_route(client):
+    client.get("/is_prime/7")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'route="/is_prime/<numbers>"' in text and "pool_busy_workers" in text
+
+
+def test_request_id_is_echoed_or_made(client):
+    assert client.get("/healthz", headers={"X-Request-ID": "abc"}).headers["X-Request-ID"] == "abc"
+    assert len(client.get("/healthz").headers["X-Request-ID"]) == 32
+
+
+def test_a_request_queued_too_long_is_shed_with_503(client):
+    worker._local.queued_since = time.monotonic() - 1.0
+    try:
+        response = client.get("/is_prime/7")
+        health = client.get("/healthz")
+    finally:
+        worker._local.queued_since = None
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert "overloaded" in response.get_json()["error"]
+    assert health.status_code == 200  # liveness is never shed
+
+
+def test_a_request_whose_budget_ran_out_in_the_queue_gets_504(app, client):
+    app.config["MAX_QUEUE_WAIT_S"] = 10  # not shed, so it runs out of time instead
+    worker._local.queued_since = time.monotonic() - app.config["REQUEST_TIMEOUT_S"] - 0.1
+    try:
+        response = client.get("/")
+    finally:
+        worker._local.queued_since = None
+    assert response.status_code == 504
+    assert "deadline" in response.get_json()["errors"]["api"]
+
+
+def test_full_process_pool_gives_503(app, client):
+    gate = app.extensions["pools"]._process_gate
+    gate.enter(gate.capacity)
+    try:
+        big = 2**1279 - 1
+        response = client.get(f"/is_prime/{big}?mode=process")
+    finally:
+        for _ in range(gate.capacity):
+            gate.leave()
+    assert response.status_code == 503 and "process pool is full" in response.get_json()["error"]

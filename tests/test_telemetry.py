@@ -1,0 +1,59 @@
+"""Request ids, log lines and metrics rendering."""
+import io
+import logging
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import telemetry
+
+
+@pytest.mark.parametrize("incoming, kept", [
+    ("abc-123", True),
+    ("a.b:c_d-e", True),
+    ("x" * 128, True),
+    ("x" * 129, False),
+    ("", False),
+    (None, False),
+    ("has space", False),
+    ("new\nline", False),
+    ("\u00e9t\u00e9", False),
+])
+def test_request_id_is_adopted_only_when_well_formed(incoming, kept):
+    request_id = telemetry.set_request_id(incoming)
+    assert (request_id == incoming) == kept
+    assert telemetry.current_request_id() == request_id
+    assert 1 <= len(request_id) <= 128
+
+
+def our_handlers():
+    """The handlers configure_logging added (pytest adds its own to every logger)."""
+    return [h for h in telemetry.log.handlers
+            if any(isinstance(f, telemetry._RequestIdFilter) for f in h.filters)]
+
+
+def test_log_lines_carry_the_request_id():
+    telemetry.configure_logging("debug")
+    stream = io.StringIO()
+    [handler] = our_handlers()
+    old_stream = handler.setStream(stream)
+    try:
+        telemetry.set_request_id("rid-for-log")
+        telemetry.log.warning("something happened")
+    finally:
+        handler.setStream(old_stream)
+    assert "[rid=rid-for-log]" in stream.getvalue() and "something happened" in stream.getvalue()
+
+
+def test_configure_logging_twice_adds_one_handler():
+    telemetry.configure_logging("info")
+    telemetry.configure_logging("info")
+    assert len(our_handlers()) == 1
+
+
+def test_metrics_render_as_prometheus_text():
+    telemetry.REJECTED.labels("queue_wait").inc()
+    body, content_type = telemetry.render_metrics()
+    names = {family.name for family in text_string_to_metric_families(body.decode())}
+    assert content_type.startswith("text/plain")
+    assert {"rejected_requests", "http_request_duration_seconds", "pool_queue_depth"} <= names
