@@ -11,8 +11,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from config import Config
-from tests.conftest import (big_primes, descendants, free_port, parent_of, run_clients,
-                            start_gunicorn, start_upstream)
+from bench.harness import descendants, free_port, parent_of, start_upstream
+from tests.conftest import big_primes, run_clients, start_gunicorn
 
 DEADLINE_S = 1.0
 MARGIN_S = 0.5

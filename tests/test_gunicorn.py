@@ -6,7 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.conftest import Service, big_primes, free_port, start_gunicorn, start_upstream
+from bench.harness import Service, free_port, start_upstream
+from tests.conftest import big_primes, start_gunicorn
 
 SEED_PROFILE = {"FILE_DELAY_MS": 100, "DB_DELAY_MS": 200}
 API_DELAY_MS = 300
