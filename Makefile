@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-requirements
 
-.PHONY: install run test clean
+.PHONY: install run test bench load clean
 
 install: $(STAMP)
 
@@ -21,6 +21,14 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Side-by-side benchmarks against the seed's apps: reports/bench.md and reports/bench.png.
+bench: $(STAMP)
+	$(BIN)/python -m bench.bench $(BENCH_ARGS)
+
+# A bounded headless locust run against a deployment it starts: reports/load.html and CSVs.
+load: $(STAMP)
+	$(BIN)/python -m bench.load $(LOAD_ARGS)
 
 clean:
 	rm -rf $(VENV) instance reports .pytest_cache

@@ -30,6 +30,8 @@ def make_engine(url, pool_size=5, timeout_s=DEFAULT_TIMEOUT_S):
     url = make_url(url)
     backend = url.get_backend_name()
     connect_args = {}
+    # A ping before each checkout finds server connections that died; a file has none to find.
+    pre_ping = backend != "sqlite"
     if backend == "sqlite":
         connect_args["timeout"] = timeout_s  # how long to wait for a lock held by a writer
         if url.database:
@@ -38,7 +40,7 @@ def make_engine(url, pool_size=5, timeout_s=DEFAULT_TIMEOUT_S):
         connect_args["connect_timeout"] = max(1, math.ceil(timeout_s))
         connect_args["options"] = f"-c statement_timeout={int(timeout_s * 1000)}"
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=timeout_s,
-                         pool_pre_ping=True, connect_args=connect_args)
+                         pool_pre_ping=pre_ping, connect_args=connect_args)
 
 
 def init_db(url):
