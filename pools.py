@@ -47,7 +47,7 @@ class Outcome:
     elapsed_ms: float = 0.0
 
 
-class Saturated(RuntimeError):
+class Saturated(Exception):
     """A pool already holds all the work it may; the caller should answer 503."""
 
     def __init__(self, pool):
@@ -152,18 +152,10 @@ class Pools:
         start = time.monotonic()
         if not concurrent:
             return {name: _timed(name, call, deadline) for name, call in calls.items()}
-        pool = self.thread_pool()
-        self._thread_gate.enter(len(calls))
-        futures = {}
-        try:
-            for name, call in calls.items():
-                # Each task runs in a copy of this context, so its log lines carry the request id.
-                context = contextvars.copy_context()
-                futures[name] = pool.submit(context.run, _timed, name, call, deadline)
-                futures[name].add_done_callback(self._thread_gate.leave)
-        finally:
-            for _ in range(len(calls) - len(futures)):  # admitted but never submitted
-                self._thread_gate.leave()
+        # Each task runs in a copy of this context, so its log lines carry the request id.
+        tasks = [(contextvars.copy_context().run, _timed, name, call, deadline)
+                 for name, call in calls.items()]
+        futures = dict(zip(calls, self._submit_all(self.thread_pool(), self._thread_gate, tasks)))
         wait(futures.values(), timeout=max(0.0, deadline - time.monotonic()))
         outcomes = {}
         for name, future in futures.items():
@@ -183,12 +175,8 @@ class Pools:
         pool is full, PoolRestarted when a child died.
         """
         pool = self.process_pool()
-        self._process_gate.enter(len(chunks))
-        futures = []
         try:
-            for chunk in chunks:
-                futures.append(pool.submit(fn, chunk))
-                futures[-1].add_done_callback(self._process_gate.leave)
+            futures = self._submit_all(pool, self._process_gate, [(fn, chunk) for chunk in chunks])
             _, pending = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
             if pending:
                 for future in pending:
@@ -201,9 +189,21 @@ class Pools:
                 raise
             self._replace_broken(pool)
             raise PoolRestarted("a prime-check process died; the pool was rebuilt") from exc
+
+    @staticmethod
+    def _submit_all(pool, gate, tasks):
+        """Admit len(tasks) through `gate` (or raise Saturated), submit each (fn, *args) task,
+        and return their futures; each frees its place in the gate when it is done."""
+        gate.enter(len(tasks))
+        futures = []
+        try:
+            for fn, *args in tasks:
+                futures.append(pool.submit(fn, *args))
+                futures[-1].add_done_callback(gate.leave)
         finally:
-            for _ in range(len(chunks) - len(futures)):  # admitted but never submitted
-                self._process_gate.leave()
+            for _ in range(len(tasks) - len(futures)):  # admitted but never submitted
+                gate.leave()
+        return futures
 
     def _replace_broken(self, broken):
         with self._lock:

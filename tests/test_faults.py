@@ -11,21 +11,13 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from config import Config
-from bench.harness import descendants, free_port, parent_of, start_upstream
+from bench.harness import descendants, free_port, parent_of
 from tests.conftest import big_primes, run_clients, start_gunicorn
 
 DEADLINE_S = 1.0
 MARGIN_S = 0.5
 BIG_BATCH = "/is_prime/" + ",".join(big_primes(900, 4)) + "?mode=process"
 MERSENNE = f"/is_prime/{2**1279 - 1}?mode=process"
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    """A real upstream without delay (per-request delays through ?delay_ms=)."""
-    service = start_upstream()
-    yield service
-    service.stop()
 
 
 @pytest.fixture
