@@ -52,7 +52,8 @@ def create_app(test_config=None):
     ]
     app.extensions["sources"] = {source.name: source for source in sources}
     app.extensions["pools"] = Pools(
-        thread_size=cfg["THREAD_POOL_SIZE"] or cfg["WEB_THREADS"] * len(sources),
+        # Pools.gather runs one read of each request in the request thread itself.
+        thread_size=cfg["THREAD_POOL_SIZE"] or cfg["WEB_THREADS"] * (len(sources) - 1),
         process_size=cfg["PROCESS_POOL_SIZE"],
         thread_queue=cfg["THREAD_QUEUE_LIMIT"],
         process_queue=cfg["PROCESS_QUEUE_LIMIT"],

@@ -59,8 +59,9 @@ class Config:
     RETRY_AFTER_S = env_int("RETRY_AFTER_S", 1)
     READY_TIMEOUT_S = env_float("READY_TIMEOUT_S", 1.0)
 
-    # Pools. THREAD_POOL_SIZE 0 means WEB_THREADS x the fan-out of GET / (one thread per read of
-    # every request a worker can serve at once), so a read never waits for a thread.
+    # Pools. THREAD_POOL_SIZE 0 means WEB_THREADS x (the fan-out of GET / - 1): a thread for every
+    # read of every request a worker can serve at once (the request thread does one read itself),
+    # so a read never waits for a thread.
     THREAD_POOL_SIZE = env_int("THREAD_POOL_SIZE", 0)
     PROCESS_POOL_SIZE = env_int("PROCESS_POOL_SIZE", os.cpu_count() or 1)
     # Tasks a pool may hold beyond one per worker before it answers 503 (the stdlib's queues

@@ -219,7 +219,7 @@ def test_metrics_add_up_over_workers(serve):
         get(service, "/")
     get(service, MERSENNE)
     metrics = scrape(service)
-    assert metrics["pool_size{pool=thread}"] == 2 * 16 * 3  # both workers' thread pools
+    assert metrics["pool_size{pool=thread}"] == 2 * 16 * 2  # both workers' thread pools
     assert metrics["pool_size{pool=process}"] == 2 * 2
     requests_seen = metrics['http_request_duration_seconds_count{method=GET,route=/,status=200}']
     assert requests_seen == 20
@@ -230,7 +230,7 @@ def test_metrics_add_up_over_workers(serve):
 
 
 def test_request_id_is_echoed_and_logged_from_pool_threads(serve):
-    service = serve(api_url=f"http://127.0.0.1:{free_port()}/")
+    service = serve(FILE_PATH="/nonexistent/data.txt")  # the file is read on a pool thread
     response, _ = get(service, "/", headers={"X-Request-ID": "trace-abc-123"})
     assert response.headers["X-Request-ID"] == "trace-abc-123"
     generated = get(service, "/healthz")[0].headers["X-Request-ID"]
@@ -239,5 +239,5 @@ def test_request_id_is_echoed_and_logged_from_pool_threads(serve):
     assert bad.headers["X-Request-ID"] != "no spaces\tor tabs"
     time.sleep(0.2)
     lines = [line for line in service.output().splitlines() if "trace-abc-123" in line]
-    assert any("[read_" in line and "source api" in line for line in lines), lines
+    assert any("[read_" in line and "source file" in line for line in lines), lines
     assert any("GET / 502" in line for line in lines), lines

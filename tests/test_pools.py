@@ -41,6 +41,12 @@ def pool_pair():
     pair.shutdown()
 
 
+def test_gather_runs_the_last_call_in_the_calling_thread(pool_pair):
+    calls = {name: lambda deadline: threading.current_thread().name for name in ("a", "b")}
+    names = {name: o.value for name, o in pool_pair.gather(calls, far()).items()}
+    assert names["a"].startswith("read") and names["b"] == threading.current_thread().name
+
+
 def test_gather_runs_calls_concurrently(pool_pair):
     calls = {name: sleeper(SLEEP_S, name) for name in ("a", "b", "c")}
     start = time.monotonic()
@@ -77,7 +83,8 @@ def test_gather_cancels_calls_not_started_by_the_deadline():
     single = pools.Pools(thread_size=1, process_size=1, thread_queue=1)
     try:
         deadline = time.monotonic() + SLEEP_S
-        outcomes = single.gather({"busy": sleeper(SLEEP_S * 2), "queued": ran.append}, deadline)
+        calls = {"busy": sleeper(SLEEP_S * 2), "queued": ran.append, "own": sleeper(0)}
+        outcomes = single.gather(calls, deadline)
         time.sleep(SLEEP_S * 2)
         assert isinstance(outcomes["queued"].error, TimeoutError)
         assert ran == []
@@ -129,15 +136,16 @@ def test_shutdown_all_stops_every_pool(pool_pair):
 def test_a_full_thread_pool_refuses_at_once_and_frees_its_slots():
     small = pools.Pools(thread_size=2, process_size=1)
     try:
-        busy = threading.Thread(target=small.gather, args=({"a": sleeper(SLEEP_S), "b": sleeper(SLEEP_S)}, far()))
+        calls = {"a": sleeper(SLEEP_S), "b": sleeper(SLEEP_S), "own": sleeper(SLEEP_S)}
+        busy = threading.Thread(target=small.gather, args=(calls, far()))
         busy.start()
         time.sleep(SLEEP_S / 4)
         start = time.monotonic()
         with pytest.raises(pools.Saturated):
-            small.gather({"c": sleeper(0)}, far())
+            small.gather({"c": sleeper(0), "own": sleeper(0)}, far())
         assert time.monotonic() - start < 0.05
         busy.join()
-        assert small.gather({"c": sleeper(0, 3)}, far())["c"].value == 3
+        assert small.gather({"c": sleeper(0, 3), "own": sleeper(0)}, far())["c"].value == 3
     finally:
         small.shutdown()
 
@@ -160,8 +168,10 @@ def test_map_cpu_times_out_at_the_deadline_and_frees_the_pool(pool_pair):
 
 def test_pool_tasks_see_the_callers_request_id(pool_pair):
     telemetry.set_request_id("rid-from-caller")
-    outcomes = pool_pair.gather({"x": lambda deadline: telemetry.current_request_id()}, far())
-    assert outcomes["x"].value == "rid-from-caller"
+    calls = {"pooled": lambda deadline: (telemetry.current_request_id(), threading.current_thread().name),
+             "own": sleeper(0)}
+    request_id, thread = pool_pair.gather(calls, far())["pooled"].value
+    assert request_id == "rid-from-caller" and thread.startswith("read")
 
 
 def _pid_of_chunk(chunk):
