@@ -48,7 +48,7 @@ def create_app(test_config=None):
     sources = [
         FileSource(cfg["FILE_PATH"], cfg["FILE_DELAY_MS"] / 1000),
         DbSource(cfg["DATABASE_URL"], cfg["DB_DELAY_MS"] / 1000, cfg["DB_POOL_SIZE"], timeout),
-        ApiSource(cfg["API_URL"], cfg["THREAD_POOL_SIZE"] or cfg["WEB_THREADS"]),
+        ApiSource(cfg["API_URL"], connections=cfg["WEB_THREADS"]),
     ]
     app.extensions["sources"] = {source.name: source for source in sources}
     app.extensions["pools"] = Pools(

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import itertools
 import os
+import signal
 
 from aiohttp import web
 
@@ -48,7 +49,7 @@ async def _exit_with_parent(app):
     async def watch():
         while os.getppid() == parent:
             await asyncio.sleep(PARENT_POLL_S)
-        os.kill(os.getpid(), 15)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     task = asyncio.create_task(watch())
     yield
