@@ -261,6 +261,7 @@ def _exit_with_owner(owner_pid):
     # end of its own call queue, and (forkserver passes it to every child) of the forkserver's
     # liveness pipe, so children, forkserver and resource tracker would all wait forever.
     # Exiting here lets the forkserver and the resource tracker see EOF and exit too.
+    # (CPython issue #111873, open: pool workers stay alive after their parent is killed.)
     try:
         pidfd = os.pidfd_open(owner_pid)
     except ProcessLookupError:
