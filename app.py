@@ -1,4 +1,5 @@
 """The Flask app: routes that hand I/O to the thread pool and CPU work to the process pool."""
+import logging
 import time
 
 from flask import Blueprint, Flask, current_app, g, jsonify, request
@@ -17,6 +18,7 @@ from services.files import FileSource
 bp = Blueprint("service", __name__)
 READ_MODES = ("concurrent", "sequential")
 PRIME_MODES = ("auto", "inline", "process")
+LOGGED_ERRORS = {500, 502, 504}
 # Routes that do work: a request for one that waited too long for a thread is shed with a 503.
 WORK_ENDPOINTS = {"service.index", "service.is_prime_get", "service.is_prime_post"}
 
@@ -90,9 +92,10 @@ def _finish_request(response):
     route = request.url_rule.rule if request.url_rule else "unmatched"
     telemetry.REQUEST_SECONDS.labels(route, request.method, response.status_code).observe(seconds)
     # Shed requests (503) are counted in /metrics; a log line each would add to the overload.
-    level = "warning" if response.status_code >= 500 and response.status_code != 503 else "debug"
-    getattr(telemetry.log, level)("%s %s %s %.1f ms", request.method, request.full_path.rstrip("?"),
-                                  response.status_code, seconds * 1000)
+    level = logging.WARNING if response.status_code in LOGGED_ERRORS else logging.DEBUG
+    if telemetry.log.isEnabledFor(level):
+        telemetry.log.log(level, "%s %s %s %.1f ms", request.method,
+                          request.full_path.rstrip("?"), response.status_code, seconds * 1000)
     return response
 
 
