@@ -222,11 +222,6 @@ class Pools:
         telemetry.POOL_REBUILDS.inc()
         broken.shutdown(wait=False, cancel_futures=True)
 
-    def is_running(self):
-        """True when both pools exist in this process and accept work."""
-        return (self._pid == os.getpid() and self._threads is not None
-                and self._processes is not None and not self._threads._shutdown)
-
     def warm(self):
         """Start both pools, and the process pool's forkserver and a first child, now."""
         self.thread_pool()
