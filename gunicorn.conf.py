@@ -39,7 +39,8 @@ limit_request_line = env_int("LIMIT_REQUEST_LINE", 8190)
 preload_app = env_bool("PRELOAD", False)
 # Access log destination ("-" for stdout); off by default for speed. Lines carry the request id.
 accesslog = env_str("ACCESS_LOG", None)
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
+access_log_format = env_str("ACCESS_LOG_FORMAT",
+                            '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s')
 
 # gunicorn's control socket ($HOME/.gunicorn/gunicorn.ctl) is one path per user, so two
 # instances (tests, benchmarks) would fight over it: off unless CONTROL_SOCKET=1.
@@ -119,4 +120,3 @@ def _start_upstream(server):
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"the upstream API did not answer on {url}")
-

@@ -76,11 +76,12 @@ def _preview(item, width=20):
 
 def split_by_cost(numbers, parts):
     """Split positions 0..len(numbers)-1 into up to `parts` groups of about equal estimated cost."""
+    costs = [cost_us(n) for n in numbers]
     groups = [[] for _ in range(max(1, min(parts, len(numbers))))]
     loads = [0.0] * len(groups)
     # Longest first onto the least-loaded group: within 4/3 of the best split (Graham's LPT rule).
-    for position in sorted(range(len(numbers)), key=lambda i: -cost_us(numbers[i])):
+    for position in sorted(range(len(numbers)), key=costs.__getitem__, reverse=True):
         lightest = loads.index(min(loads))
         groups[lightest].append(position)
-        loads[lightest] += cost_us(numbers[position])
+        loads[lightest] += costs[position]
     return groups
