@@ -49,8 +49,9 @@ def create_app(test_config=None):
     timeout = cfg["REQUEST_TIMEOUT_S"]
     sources = [
         FileSource(cfg["FILE_PATH"], cfg["FILE_DELAY_MS"] / 1000),
-        DbSource(cfg["DATABASE_URL"], cfg["DB_DELAY_MS"] / 1000, cfg["DB_POOL_SIZE"], timeout),
-        ApiSource(cfg["API_URL"], connections=cfg["WEB_THREADS"]),
+        DbSource(cfg["DATABASE_URL"], cfg["DB_DELAY_MS"] / 1000,
+                 cfg["DB_POOL_SIZE"] or cfg["WEB_THREADS"], timeout),
+        ApiSource(cfg["API_URL"]),
     ]
     app.extensions["sources"] = {source.name: source for source in sources}
     app.extensions["pools"] = Pools(

@@ -1,9 +1,12 @@
 """The three sources of GET / against real parts: a file, SQLite and PostgreSQL, the upstream."""
+import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import create_engine, func, select, text
 
+from bench.harness import free_port
 from services import simulate_latency
 from services.api import ApiSource
 from services.db import SEED_ROWS, DbSource, init_db, quotes
@@ -54,6 +57,19 @@ def test_db_source_reads_the_seeded_row(url_kind, tmp_path, request):
     source.engine().dispose()
 
 
+def test_db_read_waits_no_longer_than_the_timeout_for_a_connection(tmp_path):
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    init_db(url)
+    source = DbSource(url, pool_size=1, timeout_s=0.2)
+    with source.engine().connect():  # holds the pool's only connection; there is no overflow
+        start = time.monotonic()
+        with pytest.raises(TimeoutError, match="no database connection"):
+            source.read(far())
+        assert 0.2 <= time.monotonic() - start < 1
+    assert source.read(far()) == SEED_ROWS[0]
+    source.engine().dispose()
+
+
 def test_db_read_blocked_past_the_statement_timeout_is_a_timeout(postgres_url):
     init_db(postgres_url)
     source = DbSource(postgres_url, timeout_s=0.3)
@@ -84,9 +100,24 @@ def test_api_source_returns_the_upstream_json(upstream):
 def test_api_source_reuses_its_connection(upstream):
     source = ApiSource(upstream.url + "/")
     first = source.read(far())["serial"]
+    sock = source._local.conn.sock
     second = source.read(far())["serial"]
-    assert second > first
-    assert source._http.get().connection_from_url(source.url).num_connections == 1
+    assert second > first and source._local.conn.sock is sock
+
+
+def test_api_source_threads_have_connections_of_their_own(upstream):
+    source = ApiSource(upstream.url + "/")
+    source.read(far())
+    with ThreadPoolExecutor(1) as pool:
+        other = pool.submit(lambda: (source.read(far()), source._local.conn.sock)[1]).result()
+    assert other is not source._local.conn.sock
+
+
+def test_api_source_sends_again_when_the_kept_connection_was_closed(upstream):
+    source = ApiSource(upstream.url + "/")
+    first = source.read(far())["serial"]
+    source._local.conn.sock.shutdown(socket.SHUT_RDWR)  # as a server closing an idle connection
+    assert source.read(far())["serial"] > first
 
 
 def test_api_source_gives_up_at_the_deadline(upstream):
@@ -95,6 +126,11 @@ def test_api_source_gives_up_at_the_deadline(upstream):
     with pytest.raises(TimeoutError):
         source.read(start + 0.2)
     assert time.monotonic() - start < 1
+
+
+def test_api_source_refused_connection_raises():
+    with pytest.raises(ConnectionError, match="refused"):
+        ApiSource(f"http://127.0.0.1:{free_port()}/").read(far())
 
 
 def test_api_source_http_error_raises(upstream):
