@@ -47,7 +47,8 @@ class Config:
     FILE_DELAY_MS = env_int("FILE_DELAY_MS", 100)
     DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{ROOT / 'instance' / 'app.db'}")
     DB_DELAY_MS = env_int("DB_DELAY_MS", 200)
-    DB_POOL_SIZE = env_int("DB_POOL_SIZE", 10)
+    # 0: a connection for every request thread (each request reads the database once at most).
+    DB_POOL_SIZE = env_int("DB_POOL_SIZE", 0)
     API_URL = env_str("API_URL", f"http://127.0.0.1:{UPSTREAM_PORT}/")
     API_DELAY_MS = env_int("API_DELAY_MS", 300)
     UPSTREAM_START = env_bool("UPSTREAM_START", False)

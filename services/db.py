@@ -26,7 +26,11 @@ SEED_ROWS = [
 
 
 def make_engine(url, pool_size=5, timeout_s=DEFAULT_TIMEOUT_S):
-    """Create an engine for `pool_size` threads at once, whose waits all end within `timeout_s`."""
+    """Create an engine for `pool_size` threads at once, whose waits all end within `timeout_s`.
+
+    Connections open as threads first need them and then stay open: no overflow connections,
+    which would be opened and closed again for every read beyond `pool_size` at once.
+    """
     url = make_url(url)
     backend = url.get_backend_name()
     connect_args = {}
@@ -39,7 +43,7 @@ def make_engine(url, pool_size=5, timeout_s=DEFAULT_TIMEOUT_S):
     elif backend == "postgresql" and url.get_driver_name() == "psycopg2":
         connect_args["connect_timeout"] = max(1, math.ceil(timeout_s))
         connect_args["options"] = f"-c statement_timeout={int(timeout_s * 1000)}"
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=timeout_s,
+    return create_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=timeout_s,
                          pool_pre_ping=pre_ping, connect_args=connect_args)
 
 
