@@ -7,9 +7,9 @@ prometheus_client, so each worker writes its samples to files there and /metrics
 import contextvars
 import logging
 import os
+import random
 import re
 import sys
-import uuid
 
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge,
                                Histogram, generate_latest, multiprocess)
@@ -45,7 +45,10 @@ POOL_REBUILDS = Counter(
 
 def set_request_id(incoming):
     """Adopt a well-formed incoming X-Request-ID or make a new one; return it."""
-    request_id = incoming if incoming and _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    # 128 random bits as uuid4().hex has, from the PRNG (which Python reseeds in a forked child)
+    # rather than os.urandom: a system call, where a busy worker's thread may lose the GIL.
+    request_id = (incoming if incoming and _VALID_REQUEST_ID.fullmatch(incoming)
+                  else f"{random.getrandbits(128):032x}")
     _request_id.set(request_id)
     return request_id
 
