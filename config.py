@@ -35,11 +35,12 @@ class Config:
     PORT = env_int("PORT", 8000)
     UPSTREAM_PORT = env_int("UPSTREAM_PORT", 8001)
 
-    # gunicorn: one gthread worker per core; each serves WEB_THREADS requests at once. 32 x 2
-    # workers at ~0.3 s a request is ~210 req/s of GET /, about what 2 cores sustain here
-    # (bench/); more threads would only admit requests that then starve each other of the GIL.
+    # gunicorn: one gthread worker per core; each serves WEB_THREADS requests at once. 128 x 2
+    # workers at ~0.3 s a request is ~850 req/s of GET /, a little past what 2 cores sustain
+    # here (README: Performance): fewer threads cap throughput below the CPU's, and more only
+    # admit requests that then starve each other of the GIL.
     WEB_WORKERS = env_int("WEB_WORKERS", os.cpu_count() or 1)
-    WEB_THREADS = env_int("WEB_THREADS", 32)
+    WEB_THREADS = env_int("WEB_THREADS", 128)
 
     # The three sources of GET /. The *_DELAY_MS settings are simulated latency (the seed's
     # profile); set them to 0 to measure raw speed. API_DELAY_MS is applied by the upstream.
