@@ -223,9 +223,13 @@ class Pools:
         broken.shutdown(wait=False, cancel_futures=True)
 
     def warm(self):
-        """Start both pools, and the process pool's forkserver and a first child, now."""
+        """Start both pools, and the process pool's forkserver and all its children, now."""
         self.thread_pool()
-        self.process_pool().submit(os.getpid).result()
+        # The executor starts a child for each task that finds none idle, so as many tasks at
+        # once start every child: the first CPU-heavy requests need not wait for them.
+        pool = self.process_pool()
+        for future in [pool.submit(os.getpid) for _ in range(self.process_size)]:
+            future.result()
 
     def shutdown(self):
         """Stop both executors of this process, waiting for the work they hold."""

@@ -176,3 +176,8 @@ def test_pool_tasks_see_the_callers_request_id(pool_pair):
 
 def _pid_of_chunk(chunk):
     return [os.getpid() for _ in chunk]
+
+
+def test_warm_starts_every_pool_process(pool_pair):
+    pool_pair.warm()
+    assert len(pool_pair.process_pool()._processes) == pool_pair.process_size
