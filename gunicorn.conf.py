@@ -1,4 +1,5 @@
 """gunicorn settings: `gunicorn app:app` reads this file. Every setting has an env override."""
+import gc
 import os
 import shutil
 import subprocess
@@ -87,8 +88,13 @@ def on_exit(server):
 
 
 def post_worker_init(worker):
-    """Start this worker's process pool before it takes requests, not on the first one."""
+    """Start this worker's pools before it takes requests, then exempt what exists from the GC."""
     worker.wsgi.extensions["pools"].warm()
+    if env_bool("GC_FREEZE", True):
+        # The ~60,000 objects of the loaded app never die, yet every full collection walks them
+        # all: a 40 ms pause of every thread of the worker here, a p99 of its own. Frozen, they
+        # are skipped (gc.freeze, Python 3.7+).
+        gc.freeze()
 
 
 def worker_exit(server, worker):
