@@ -30,7 +30,9 @@ FLOOR_S = 0.300  # the slowest read of the seed profile
 WRK_TIMEOUT_S = 10
 SETTLE_S = 2.0
 SCALING_PAIRS = 10
-DISPATCH_PAIRS = 6
+DISPATCH_PAIRS = 12
+# Short runs, many of them: this VM's speed drifts by tens of percent within seconds.
+DISPATCH_RUN_S = 2
 # The seed app keeps the seed's 6-thread pool; its gunicorn gets threads enough for every client,
 # so what limits it is that pool, not the server.
 SEED_THREADS = 256
@@ -48,10 +50,10 @@ def ensure_wrk():
     return path
 
 
-def wrk(url, connections, seconds):
+def wrk(url, connections, seconds, settle_s=None):
     """Load `url` from `connections` keep-alive connections; return its figures."""
     assert url.startswith("http://127.0.0.1:")
-    time.sleep(SETTLE_S)  # let the previous run's queued requests drain first
+    time.sleep(SETTLE_S if settle_s is None else settle_s)  # let queued requests drain first
     out = subprocess.run(
         ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--latency",
          "--timeout", f"{WRK_TIMEOUT_S}s", url],
@@ -144,7 +146,7 @@ def measure(seconds, data_dir):
         for label, path in (("service", "/"), ("sequential", "/?mode=sequential")):
             results["reads"][label] = [wrk(service.url + path, c, seconds) for c in CONCURRENCY]
         results["memory_loaded"] = memory_mb(deployment_pids(service, upstream))
-        results["dispatch"] = dispatch(service.url, seconds)
+        results["dispatch"] = dispatch(service.url)
         _, seed_body = timed_get(service.url + SEED_WORKLOAD, 1)
         results["seed_workload"] = {"service": wrk(service.url + SEED_WORKLOAD, 1, seconds),
                                     "service_body": seed_body}
@@ -157,15 +159,14 @@ def measure(seconds, data_dir):
     return results
 
 
-def dispatch(base_url, seconds):
+def dispatch(base_url):
     """Throughput of /is_prime/1,2,3 and of the trivial JSON route /healthz at 50 clients, in
     interleaved short runs; the ratio is the median of the pairs' ratios."""
-    short = max(2, seconds // 2)
     pairs = []
     for i in range(DISPATCH_PAIRS):
         # Each route goes first in every other pair, so a drift of the machine favours neither.
         paths = ["/healthz", "/is_prime/1,2,3"][::1 if i % 2 == 0 else -1]
-        runs = {path: wrk(base_url + path, 50, short) for path in paths}
+        runs = {path: wrk(base_url + path, 50, DISPATCH_RUN_S, settle_s=0.2) for path in paths}
         pairs.append((runs["/healthz"], runs["/is_prime/1,2,3"]))
     return {
         "trivial": statistics.median(t["rps"] for t, _ in pairs),
