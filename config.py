@@ -41,6 +41,8 @@ class Config:
     # admit requests that then starve each other of the GIL.
     WEB_WORKERS = env_int("WEB_WORKERS", os.cpu_count() or 1)
     WEB_THREADS = env_int("WEB_THREADS", 128)
+    # Pin each worker to a CPU of its own (Linux), so its threads pass the GIL on one core.
+    PIN_WORKERS = env_bool("PIN_WORKERS", True)
 
     # The three sources of GET /. The *_DELAY_MS settings are simulated latency (the seed's
     # profile); set them to 0 to measure raw speed. API_DELAY_MS is applied by the upstream.

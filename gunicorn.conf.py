@@ -9,6 +9,7 @@ import time
 import urllib.request
 
 from config import Config, env_bool, env_int, env_str
+from worker import least_used_cpu, pin_process
 
 # Where to listen; make run and the tests set PORT.
 bind = env_str("BIND", f"{Config.HOST}:{Config.PORT}")
@@ -87,9 +88,18 @@ def on_exit(server):
         shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
+def pre_fork(server, worker):
+    """In the master: choose the CPU the new worker will be pinned to (PIN_WORKERS, Linux)."""
+    if Config.PIN_WORKERS and hasattr(os, "sched_setaffinity"):
+        worker.cpu = least_used_cpu(server.WORKERS.values(), os.sched_getaffinity(0))
+
+
 def post_worker_init(worker):
-    """Start this worker's pools before it takes requests, then exempt what exists from the GC."""
+    """Start this worker's pools, pin it to its CPU, and exempt what exists now from the GC."""
     worker.wsgi.extensions["pools"].warm()
+    # After warm(): the forkserver is started unpinned, so pool processes may use every CPU.
+    if getattr(worker, "cpu", None) is not None:
+        pin_process(worker.cpu)
     if env_bool("GC_FREEZE", True):
         # The ~60,000 objects of the loaded app never die, yet every full collection walks them
         # all: a 40 ms pause of every thread of the worker here, a p99 of its own. Frozen, they

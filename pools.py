@@ -100,6 +100,8 @@ class Pools:
         self._thread_queue = thread_queue
         self._process_queue = process_queue
         self._process_preload = list(process_preload)
+        # The CPUs this process may use now, before gunicorn.conf.py pins a worker to one of them.
+        self._cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
         self._reset()
         _instances.add(self)
 
@@ -139,7 +141,7 @@ class Pools:
                     context.set_forkserver_preload(self._process_preload)
                     self._processes = ProcessPoolExecutor(
                         self.process_size, mp_context=context,
-                        initializer=_init_child, initargs=(os.getpid(),),
+                        initializer=_init_child, initargs=(os.getpid(), self._cpus),
                     )
                     telemetry.POOL_SIZE.labels("process").set(self.process_size)
         return self._processes
@@ -248,10 +250,13 @@ def shutdown_all():
         pools.shutdown()
 
 
-def _init_child(owner_pid):
+def _init_child(owner_pid, cpus=None):
     # Ctrl-C reaches the whole process group; the gunicorn worker that owns this child shuts
     # the pool down, so the child need not die mid-task with a KeyboardInterrupt traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A pool's processes are there to use every core, whichever one their worker is pinned to.
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     threading.Thread(target=_exit_with_owner, args=(owner_pid,), daemon=True).start()
 
 

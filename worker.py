@@ -1,10 +1,18 @@
-"""gunicorn's gthread worker, telling the app how long each request waited for a thread.
+"""gunicorn's gthread worker, telling the app how long each request waited for a thread; and
+pinning each worker to a CPU of its own.
 
 gthread hands every readable connection to a ThreadPoolExecutor whose queue has no bound; a
 request that waits there is invisible to the app, so under overload latency would grow with no
 sign. This worker stamps each hand-off (through `get_thread_pool`, the hook gthread offers for
 this), so the app can count the wait against the request's deadline and shed what is too late.
+
+A worker runs Python on one core at a time anyway (the GIL), but its threads pass the GIL to one
+another hundreds of times a second; when they sit on different cores each pass is a cross-core
+wake-up. Pinned to one core, a GET / here costs 1.8 ms of CPU instead of 2.9 and 22 context
+switches instead of 71 (README: Performance). gunicorn.conf.py's hooks call the two functions
+below: the master picks a CPU for each new worker, and the worker pins itself once started.
 """
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,3 +46,19 @@ def _run_stamped(stamp, fn, *args, **kwargs):
         return fn(*args, **kwargs)
     finally:
         _local.queued_since = None
+
+
+def least_used_cpu(workers, cpus):
+    """Of `cpus`, the one the fewest of these workers (with a `cpu` attribute) are pinned to."""
+    used = [getattr(worker, "cpu", None) for worker in workers]
+    return min(sorted(cpus), key=used.count)
+
+
+def pin_process(cpu):
+    """Pin every thread of this process, and so every thread it starts later, to `cpu`."""
+    # sched_setaffinity(0) pins only the calling thread; a new thread inherits its creator's.
+    for thread_id in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(thread_id), {cpu})
+        except ProcessLookupError:  # the thread has just exited
+            pass

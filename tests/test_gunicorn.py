@@ -1,4 +1,5 @@
 """Integration: real gunicorn (gunicorn.conf.py) and the real upstream, with the seed's latency."""
+import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -6,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from bench.harness import Service, free_port, start_upstream
+from bench.harness import Service, descendants, free_port, parent_of, start_upstream
 from tests.conftest import big_primes, start_gunicorn
 
 SEED_PROFILE = {"FILE_DELAY_MS": 100, "DB_DELAY_MS": 200}
@@ -149,3 +150,13 @@ def test_make_run_serves_and_stops_its_upstream():
     assert service.leftovers == []
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{upstream_port}/healthz", timeout=2)
+
+
+def test_workers_are_pinned_to_cpus_of_their_own_and_pool_processes_are_not(server):
+    cpus = os.sched_getaffinity(server.proc.pid)
+    workers = [pid for pid in descendants(server.proc.pid) if parent_of(pid) == server.proc.pid]
+    pinned = [os.sched_getaffinity(pid) for pid in workers]
+    assert len(workers) == 2 and all(len(cpu) == 1 for cpu in pinned)
+    assert len(set().union(*pinned)) == min(len(workers), len(cpus))
+    helpers = [pid for worker in workers for pid in descendants(worker)]  # forkserver, pool, tracker
+    assert helpers and all(os.sched_getaffinity(pid) == cpus for pid in helpers)

@@ -1,14 +1,16 @@
 """The pools: concurrency, deadlines, fork safety and a rebuilt process pool."""
 import os
 import signal
-import time
-
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 
 import pools
 import telemetry
+from bench.harness import ROOT
 from services import primes
 
 SLEEP_S = 0.2
@@ -181,3 +183,17 @@ def _pid_of_chunk(chunk):
 def test_warm_starts_every_pool_process(pool_pair):
     pool_pair.warm()
     assert len(pool_pair.process_pool()._processes) == pool_pair.process_size
+
+
+def test_pool_processes_may_use_every_cpu_when_their_worker_is_pinned():
+    # In a child process, pinned as gunicorn.conf.py pins a worker; the pool starts after.
+    code = (
+        "import os, time, pools, worker\n"
+        "pair = pools.Pools(thread_size=1, process_size=1)\n"
+        "worker.pin_process(min(os.sched_getaffinity(0)))\n"
+        "print(sorted(pair.map_cpu(os.sched_getaffinity, [0], time.monotonic() + 30)[0]))\n"
+        "pair.shutdown()\n"
+    )
+    output = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, check=True, timeout=60).stdout
+    assert output.strip() == str(sorted(os.sched_getaffinity(0)))
