@@ -24,8 +24,6 @@ importing the app), and an executor's threads and pipes do not survive a fork.
 import contextvars
 import multiprocessing
 import os
-import select
-import signal
 import threading
 import time
 import weakref
@@ -33,10 +31,10 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
+import pool_child
 import telemetry
 
 _instances = weakref.WeakSet()
-_OWNER_POLL_S = 1.0
 
 
 @dataclass
@@ -99,7 +97,7 @@ class Pools:
         self.process_size = process_size
         self._thread_queue = thread_queue
         self._process_queue = process_queue
-        self._process_preload = list(process_preload)
+        self._process_preload = ["pool_child", *process_preload]
         # The CPUs this process may use now, before gunicorn.conf.py pins a worker to one of them.
         self._cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
         self._reset()
@@ -141,7 +139,7 @@ class Pools:
                     context.set_forkserver_preload(self._process_preload)
                     self._processes = ProcessPoolExecutor(
                         self.process_size, mp_context=context,
-                        initializer=_init_child, initargs=(os.getpid(), self._cpus),
+                        initializer=pool_child.init, initargs=(os.getpid(), self._cpus),
                     )
                     telemetry.POOL_SIZE.labels("process").set(self.process_size)
         return self._processes
@@ -248,42 +246,6 @@ def shutdown_all():
     """Shut down every Pools of this process (gunicorn's worker_exit hook calls this)."""
     for pools in list(_instances):
         pools.shutdown()
-
-
-def _init_child(owner_pid, cpus=None):
-    # Ctrl-C reaches the whole process group; the gunicorn worker that owns this child shuts
-    # the pool down, so the child need not die mid-task with a KeyboardInterrupt traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A pool's processes are there to use every core, whichever one their worker is pinned to.
-    if cpus:
-        os.sched_setaffinity(0, cpus)
-    threading.Thread(target=_exit_with_owner, args=(owner_pid,), daemon=True).start()
-
-
-def _exit_with_owner(owner_pid):
-    # If the owning worker is SIGKILLed, nothing tells its pool children: each holds the write
-    # end of its own call queue, and (forkserver passes it to every child) of the forkserver's
-    # liveness pipe, so children, forkserver and resource tracker would all wait forever.
-    # Exiting here lets the forkserver and the resource tracker see EOF and exit too.
-    # (CPython issue #111873, open: pool workers stay alive after their parent is killed.)
-    try:
-        pidfd = os.pidfd_open(owner_pid)
-    except ProcessLookupError:
-        os._exit(0)
-    except (AttributeError, OSError):  # no pidfd (not Linux >= 5.3): poll instead
-        while _alive(owner_pid):
-            time.sleep(_OWNER_POLL_S)
-        os._exit(0)
-    select.select([pidfd], [], [])  # a pidfd turns readable when its process exits
-    os._exit(0)
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 def _timed(name, call, deadline):
