@@ -1,5 +1,5 @@
-"""gunicorn's gthread worker, telling the app how long each request waited for a thread; and
-pinning each worker to a CPU of its own.
+"""gunicorn's gthread worker, telling the app how long each request waited for a thread and
+leaving new connections to a less busy worker; and pinning each worker to a CPU of its own.
 
 gthread hands every readable connection to a ThreadPoolExecutor whose queue has no bound; a
 request that waits there is invisible to the app, so under overload latency would grow with no
@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from gunicorn.workers.gthread import ThreadWorker
 
 _local = threading.local()
+ACCEPT_YIELD_S = 0.01
 
 
 def queued_since():
@@ -28,11 +29,48 @@ def queued_since():
 
 
 class QueueTimedThreadWorker(ThreadWorker):
-    """gthread, with the queueing time of each request available to the app."""
+    """gthread, with the queueing time of each request available to the app, and new
+    connections left to a worker with a free thread when this one has none."""
+
+    _yield_until = 0.0
+    _drain_backlog = False
 
     def get_thread_pool(self):
         """Return gthread's executor, with each task stamped when it is queued."""
         return _StampingExecutor(max_workers=self.cfg.threads, thread_name_prefix="request")
+
+    def accept(self, listener):
+        """Accept a connection; when every thread is busy, first give the other workers
+        ACCEPT_YIELD_S to take it, then take all that are still waiting."""
+        # Workers share one listening socket and the quickest to wake wins each connection,
+        # so a worker pinned beside the load generator got 31 of 200 kept-alive connections
+        # here and the other 169, more than its threads: those requests queued and were shed.
+        if not self._drain_backlog:
+            if self.cfg.workers > 1 and self._busy_threads() >= self.cfg.threads:
+                self._yield_until = time.monotonic() + ACCEPT_YIELD_S
+                self.set_accept_enabled(False)
+                return
+            super().accept(listener)
+            return
+        self._drain_backlog = False
+        while self.nr_conns < self.worker_connections:
+            held = self.nr_conns
+            super().accept(listener)  # returns quietly when no connection is waiting
+            if self.nr_conns == held:
+                break
+
+    def set_accept_enabled(self, enabled):
+        """Start or stop accepting; gthread's loop asks again each turn, so a yield ends there."""
+        if enabled and not self._accepting:
+            if time.monotonic() < self._yield_until:
+                return
+            self._drain_backlog = self._yield_until > 0
+            self._yield_until = 0.0
+        super().set_accept_enabled(enabled)
+
+    def _busy_threads(self):
+        # Connections not waiting in the poller are with the executor: running or queued.
+        return self.nr_conns - len(self.keepalived_conns) - len(self.pending_conns)
 
 
 class _StampingExecutor(ThreadPoolExecutor):

@@ -1,9 +1,12 @@
 """The gthread worker's queue stamps, and pinning workers to CPUs."""
 import os
+import selectors
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections import deque
 
 import pytest
 
@@ -83,3 +86,71 @@ def test_pin_process_pins_every_thread_and_threads_started_later():
     output = subprocess.run([sys.executable, "-c", code.replace("CPU", str(cpu))], cwd=ROOT,
                             capture_output=True, text=True, check=True, timeout=30).stdout
     assert output.strip() == f"[({cpu},)]"
+
+
+class Cfg:
+    """The settings the accept path reads."""
+
+    threads = 1
+    workers = 2
+
+
+@pytest.fixture
+def busy_worker():
+    """A worker whose only thread is busy, listening on a real socket; it records what it accepts."""
+    fake = worker.QueueTimedThreadWorker.__new__(worker.QueueTimedThreadWorker)
+    fake.cfg, fake.worker_connections, fake.nr_conns = Cfg(), 10, 1
+    fake.keepalived_conns, fake.pending_conns, fake._accepting = deque(), deque(), False
+    fake.poller = selectors.DefaultSelector()
+    fake.accepted = []
+    fake.enqueue_req = fake.accepted.append
+    listener = socket.create_server(("127.0.0.1", 0))
+    fake.sockets = [listener]
+    fake.set_accept_enabled(True)
+    clients = []
+    yield fake, listener, clients
+    for sock in clients + [conn.sock for conn in fake.accepted] + [listener]:
+        sock.close()
+    fake.poller.close()
+
+
+def connect(listener, clients, n):
+    """Open n connections to the listener."""
+    clients.extend(socket.create_connection(listener.getsockname()) for _ in range(n))
+
+
+def test_a_busy_worker_leaves_new_connections_to_the_others_for_a_while(busy_worker):
+    fake, listener, clients = busy_worker
+    connect(listener, clients, 1)
+    fake.accept(listener)
+    assert fake.accepted == [] and not fake._accepting
+    fake.set_accept_enabled(True)  # gthread's loop asks again at once: still yielding
+    assert not fake._accepting
+
+
+def test_after_yielding_a_busy_worker_takes_every_waiting_connection(busy_worker):
+    fake, listener, clients = busy_worker
+    connect(listener, clients, 1)
+    fake.accept(listener)
+    connect(listener, clients, 2)
+    time.sleep(worker.ACCEPT_YIELD_S * 2)
+    fake.set_accept_enabled(True)
+    assert fake._accepting
+    fake.accept(listener)
+    assert len(fake.accepted) == 3 and fake.nr_conns == 4
+
+
+def test_a_worker_with_a_free_thread_accepts_at_once(busy_worker):
+    fake, listener, clients = busy_worker
+    fake.keepalived_conns.append(object())  # its one connection is idle, so its thread is free
+    connect(listener, clients, 1)
+    fake.accept(listener)
+    assert len(fake.accepted) == 1 and fake._accepting
+
+
+def test_a_lone_worker_has_nobody_to_leave_connections_to(busy_worker):
+    fake, listener, clients = busy_worker
+    fake.cfg.workers = 1
+    connect(listener, clients, 1)
+    fake.accept(listener)
+    assert len(fake.accepted) == 1
