@@ -43,6 +43,8 @@ class Config:
     WEB_THREADS = env_int("WEB_THREADS", 128)
     # Pin each worker to a CPU of its own (Linux), so its threads pass the GIL on one core.
     PIN_WORKERS = env_bool("PIN_WORKERS", True)
+    # Freeze what a worker holds once started, so full collections skip it (gunicorn.conf.py).
+    GC_FREEZE = env_bool("GC_FREEZE", True)
 
     # The three sources of GET /. The *_DELAY_MS settings are simulated latency (the seed's
     # profile); set them to 0 to measure raw speed. API_DELAY_MS is applied by the upstream.

@@ -100,7 +100,7 @@ def post_worker_init(worker):
     # After warm(): the forkserver is started unpinned, so pool processes may use every CPU.
     if getattr(worker, "cpu", None) is not None:
         pin_process(worker.cpu)
-    if env_bool("GC_FREEZE", True):
+    if Config.GC_FREEZE:
         # The ~60,000 objects of the loaded app never die, yet every full collection walks them
         # all: a 40 ms pause of every thread of the worker here, a p99 of its own. Frozen, they
         # are skipped (gc.freeze, Python 3.7+).
