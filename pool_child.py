@@ -12,7 +12,7 @@ import time
 OWNER_POLL_S = 1.0
 
 
-def init(owner_pid, cpus=None):
+def init(owner_pid, cpus):
     """Set up a pool process: ignore Ctrl-C, use every CPU, and exit when its owner does."""
     # Ctrl-C reaches the whole process group; the gunicorn worker that owns this child shuts
     # the pool down, so the child need not die mid-task with a KeyboardInterrupt traceback.

@@ -32,8 +32,7 @@ class QueueTimedThreadWorker(ThreadWorker):
     """gthread, with the queueing time of each request available to the app, and new
     connections left to a worker with a free thread when this one has none."""
 
-    _yield_until = 0.0
-    _drain_backlog = False
+    _yield_until = 0.0  # while accepting is paused for the other workers; 0 when not paused
 
     def get_thread_pool(self):
         """Return gthread's executor, with each task stamped when it is queued."""
@@ -45,14 +44,14 @@ class QueueTimedThreadWorker(ThreadWorker):
         # Workers share one listening socket and the quickest to wake wins each connection,
         # so a worker pinned beside the load generator got 31 of 200 kept-alive connections
         # here and the other 169, more than its threads: those requests queued and were shed.
-        if not self._drain_backlog:
+        if not self._yield_until:
             if self.cfg.workers > 1 and self._busy_threads() >= self.cfg.threads:
                 self._yield_until = time.monotonic() + ACCEPT_YIELD_S
                 self.set_accept_enabled(False)
                 return
             super().accept(listener)
             return
-        self._drain_backlog = False
+        self._yield_until = 0.0  # the pause is over (set_accept_enabled waited for it)
         while self.nr_conns < self.worker_connections:
             held = self.nr_conns
             super().accept(listener)  # returns quietly when no connection is waiting
@@ -61,11 +60,8 @@ class QueueTimedThreadWorker(ThreadWorker):
 
     def set_accept_enabled(self, enabled):
         """Start or stop accepting; gthread's loop asks again each turn, so a yield ends there."""
-        if enabled and not self._accepting:
-            if time.monotonic() < self._yield_until:
-                return
-            self._drain_backlog = self._yield_until > 0
-            self._yield_until = 0.0
+        if enabled and not self._accepting and time.monotonic() < self._yield_until:
+            return
         super().set_accept_enabled(enabled)
 
     def _busy_threads(self):
