@@ -5,6 +5,7 @@ import time
 
 import gmpy2
 import pytest
+import requests
 
 from app import create_app
 from bench import harness
@@ -12,6 +13,24 @@ from bench.harness import start_upstream
 from services.db import init_db
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+
+
+def far():
+    """A deadline that will not pass during a test."""
+    return time.monotonic() + 30
+
+
+def timed_get(url, **kwargs):
+    """GET url; return (response, seconds)."""
+    start = time.monotonic()
+    response = requests.get(url, timeout=10, **kwargs)
+    return response, time.monotonic() - start
+
+
+def worker_pids(service):
+    """gunicorn's worker processes: the master's direct children."""
+    return [pid for pid in harness.descendants(service.proc.pid)
+            if harness.parent_of(pid) == service.proc.pid]
 
 
 @functools.cache

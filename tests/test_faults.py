@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from config import Config
 from bench.harness import descendants, free_port, parent_of
-from tests.conftest import big_primes, run_clients, start_gunicorn
+from tests.conftest import big_primes, run_clients, start_gunicorn, timed_get, worker_pids
 
 DEADLINE_S = 1.0
 MARGIN_S = 0.5
@@ -36,15 +36,8 @@ def serve(upstream, tmp_path):
         service.stop()
 
 
-def get(service, path, **kwargs):
-    """GET; return (response, seconds)."""
-    start = time.monotonic()
-    response = requests.get(service.url + path, timeout=10, **kwargs)
-    return response, time.monotonic() - start
-
-
 def assert_primes_stay_fast(service):
-    response, seconds = get(service, "/is_prime/1,2,3,4")
+    response, seconds = timed_get(service.url + "/is_prime/1,2,3,4")
     assert response.status_code == 200 and seconds < 0.5
 
 
@@ -61,7 +54,7 @@ def test_a_failing_source_is_named_within_the_deadline(serve, upstream, fault, e
     closed = free_port()
     env = {k: v.format(closed=closed, upstream=upstream.url) for k, v in env.items()}
     service = serve(api_url=env.pop("API_URL", None), **env)
-    response, seconds = get(service, "/")
+    response, seconds = timed_get(service.url + "/")
     body = response.json()
     assert response.status_code == status, body.get("errors")
     assert list(body["errors"]) == [source]
@@ -94,7 +87,7 @@ def test_ready_and_healthy_when_all_is_well(serve):
 def kill_and_recover(service, victims_of):
     """Kill processes during a batch of big prime checks; return (batch statuses, recovery s)."""
     with ThreadPoolExecutor(8) as clients:
-        batch = [clients.submit(get, service, BIG_BATCH) for _ in range(8)]
+        batch = [clients.submit(timed_get, service.url + BIG_BATCH) for _ in range(8)]
         time.sleep(0.3)
         victims = [pid for worker in worker_pids(service) for pid in victims_of(worker)]
         assert victims
@@ -104,18 +97,13 @@ def kill_and_recover(service, victims_of):
         statuses = [future.result()[0].status_code for future in batch]
     give_up = killed_at + 10
     while time.monotonic() < give_up:
-        if get(service, MERSENNE)[0].status_code == 200:
+        if timed_get(service.url + MERSENNE)[0].status_code == 200:
             break
         time.sleep(0.02)
     recovery = time.monotonic() - killed_at
     for _ in range(10):  # and stays recovered, on every worker
-        assert get(service, MERSENNE)[0].status_code == 200
+        assert timed_get(service.url + MERSENNE)[0].status_code == 200
     return statuses, recovery
-
-
-def worker_pids(service):
-    """gunicorn's worker processes: the master's direct children."""
-    return [pid for pid in descendants(service.proc.pid) if parent_of(pid) == service.proc.pid]
 
 
 def pool_children(worker):
@@ -147,8 +135,8 @@ def test_a_killed_worker_is_replaced(serve):
         time.sleep(0.1)
     assert len(worker_pids(service)) == 2 and old_workers[0] not in worker_pids(service)
     for _ in range(6):
-        assert get(service, "/")[0].status_code == 200
-        assert get(service, MERSENNE)[0].status_code == 200
+        assert timed_get(service.url + "/")[0].status_code == 200
+        assert timed_get(service.url + MERSENNE)[0].status_code == 200
     # What the killed worker started (its forkserver, pool processes, resource tracker) exits too.
     give_up = time.monotonic() + 10
     while time.monotonic() < give_up and orphans(service):
@@ -165,11 +153,11 @@ def orphans(service):
 def test_sigterm_answers_every_request_in_flight_then_leaves_nothing(serve, upstream):
     service = serve(api_url=upstream.url + "/?delay_ms=1000", REQUEST_TIMEOUT_S=3,
                     GRACEFUL_TIMEOUT=10, WEB_THREADS=64)
-    get(service, MERSENNE)
+    timed_get(service.url + MERSENNE)
     before = service.session_pids()
     assert len(before) >= 7  # master, 2 workers, 2 forkservers, 2 resource trackers, children
     results = []
-    clients = [threading.Thread(target=lambda: results.append(get(service, "/")[0].status_code))
+    clients = [threading.Thread(target=lambda: results.append(timed_get(service.url + "/")[0].status_code))
                for _ in range(40)]
     for client in clients:
         client.start()
@@ -216,8 +204,8 @@ def scrape(service):
 def test_metrics_add_up_over_workers(serve):
     service = serve(WEB_THREADS=16)
     for _ in range(20):
-        get(service, "/")
-    get(service, MERSENNE)
+        timed_get(service.url + "/")
+    timed_get(service.url + MERSENNE)
     metrics = scrape(service)
     assert metrics["pool_size{pool=thread}"] == 2 * 16 * 2  # both workers' thread pools
     assert metrics["pool_size{pool=process}"] == 2 * 2
@@ -231,11 +219,11 @@ def test_metrics_add_up_over_workers(serve):
 
 def test_request_id_is_echoed_and_logged_from_pool_threads(serve):
     service = serve(FILE_PATH="/nonexistent/data.txt")  # the file is read on a pool thread
-    response, _ = get(service, "/", headers={"X-Request-ID": "trace-abc-123"})
+    response, _ = timed_get(service.url + "/", headers={"X-Request-ID": "trace-abc-123"})
     assert response.headers["X-Request-ID"] == "trace-abc-123"
-    generated = get(service, "/healthz")[0].headers["X-Request-ID"]
+    generated = timed_get(service.url + "/healthz")[0].headers["X-Request-ID"]
     assert re.fullmatch(r"[0-9a-f]{32}", generated)
-    bad = get(service, "/healthz", headers={"X-Request-ID": "no spaces\tor tabs"})[0]
+    bad = timed_get(service.url + "/healthz", headers={"X-Request-ID": "no spaces\tor tabs"})[0]
     assert bad.headers["X-Request-ID"] != "no spaces\tor tabs"
     time.sleep(0.2)
     lines = [line for line in service.output().splitlines() if "trace-abc-123" in line]

@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from bench.harness import Service, descendants, free_port, parent_of, start_upstream
-from tests.conftest import big_primes, start_gunicorn
+from bench.harness import Service, descendants, free_port, start_upstream
+from tests.conftest import big_primes, start_gunicorn, timed_get, worker_pids
 
 SEED_PROFILE = {"FILE_DELAY_MS": 100, "DB_DELAY_MS": 200}
 API_DELAY_MS = 300
@@ -30,13 +30,6 @@ def server(upstream_300, tmp_path_factory):
     service = start_gunicorn(upstream_300.url + "/", tmp_path_factory.mktemp("gunicorn"), **SEED_PROFILE)
     yield service
     service.stop()
-
-
-def timed_get(url, **kwargs):
-    """GET url; return (response, seconds)."""
-    start = time.monotonic()
-    response = requests.get(url, timeout=10, **kwargs)
-    return response, time.monotonic() - start
 
 
 def test_index_reads_all_three_sources_concurrently(server):
@@ -154,7 +147,7 @@ def test_make_run_serves_and_stops_its_upstream():
 
 def test_workers_are_pinned_to_cpus_of_their_own_and_pool_processes_are_not(server):
     cpus = os.sched_getaffinity(server.proc.pid)
-    workers = [pid for pid in descendants(server.proc.pid) if parent_of(pid) == server.proc.pid]
+    workers = worker_pids(server)
     pinned = [os.sched_getaffinity(pid) for pid in workers]
     assert len(workers) == 2 and all(len(cpu) == 1 for cpu in pinned)
     assert len(set().union(*pinned)) == min(len(workers), len(cpus))

@@ -12,13 +12,9 @@ import pools
 import telemetry
 from bench.harness import ROOT
 from services import primes
+from tests.conftest import far
 
 SLEEP_S = 0.2
-
-
-def far():
-    """A deadline that will not pass during a test."""
-    return time.monotonic() + 30
 
 
 def sleeper(seconds, value=None):

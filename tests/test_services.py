@@ -11,11 +11,7 @@ from services import simulate_latency
 from services.api import ApiSource
 from services.db import SEED_ROWS, DbSource, init_db, quotes
 from services.files import FileSource
-
-
-def far():
-    """A deadline that will not pass during a test."""
-    return time.monotonic() + 30
+from tests.conftest import far
 
 
 def test_file_source_reads_the_file(tmp_path):

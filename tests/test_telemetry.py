@@ -1,6 +1,5 @@
 """Request ids, log lines and metrics rendering."""
 import io
-import logging
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
