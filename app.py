@@ -1,4 +1,7 @@
-"""The Flask app: routes that hand I/O to the thread pool and CPU work to the process pool."""
+"""The Flask app: routes that hand I/O to the thread pool and CPU work to the process pool.
+
+gunicorn builds it with `create_app()` (gunicorn.conf.py's wsgi_app); importing this builds nothing.
+"""
 import logging
 import time
 
@@ -7,9 +10,9 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
 import telemetry
-import worker
 from config import Config
 from pools import PoolRestarted, Pools, Saturated
+from serving import worker
 from services import primes
 from services.api import ApiSource
 from services.db import DbSource
@@ -21,6 +24,9 @@ PRIME_MODES = ("auto", "inline", "process")
 LOGGED_ERRORS = {500, 502, 504}
 # Routes that do work: a request for one that waited too long for a thread is shed with a 503.
 WORK_ENDPOINTS = {"service.index", "service.is_prime_get", "service.is_prime_post"}
+# The request thread runs this source's read itself while the thread pool runs the others: it
+# would only wait otherwise. The slowest read, so the others finish while it runs.
+READ_IN_REQUEST_THREAD = "api"
 
 
 class OrderedJSONProvider(DefaultJSONProvider):
@@ -55,12 +61,12 @@ def create_app(test_config=None):
     ]
     app.extensions["sources"] = {source.name: source for source in sources}
     app.extensions["pools"] = Pools(
-        # Pools.gather runs one read of each request in the request thread itself.
+        # A thread for every pooled read of every request a worker can serve at once.
         thread_size=cfg["THREAD_POOL_SIZE"] or cfg["WEB_THREADS"] * (len(sources) - 1),
         process_size=cfg["PROCESS_POOL_SIZE"],
         thread_queue=cfg["THREAD_QUEUE_LIMIT"],
         process_queue=cfg["PROCESS_QUEUE_LIMIT"],
-        process_preload=["services.primes"],
+        process_preload=[primes.__name__],
     )
 
     app.register_blueprint(bp)
@@ -106,8 +112,8 @@ def index():
     mode = _choice("mode", READ_MODES)
     sources = current_app.extensions["sources"]
     outcomes = current_app.extensions["pools"].gather(
-        {name: source.read for name, source in sources.items()}, g.deadline, mode == "concurrent"
-    )
+        {name: source.read for name, source in sources.items()}, g.deadline,
+        run_here=READ_IN_REQUEST_THREAD, sequential=mode == "sequential")
     timings = {name: round(outcome.elapsed_ms, 1) for name, outcome in outcomes.items()}
     timings["total"] = round((time.monotonic() - g.arrived) * 1000, 1)
 
@@ -162,7 +168,8 @@ def readyz():
     try:
         pools.map_cpu(primes.check_batch, [[2]], deadline)
         checks["process_pool"] = "ok"
-        outcomes = pools.gather({n: s.check for n, s in sources.items()}, deadline)
+        outcomes = pools.gather({n: s.check for n, s in sources.items()}, deadline,
+                                run_here=READ_IN_REQUEST_THREAD)
         checks["thread_pool"] = "ok"
         checks.update({n: _describe(o.error) if o.error else "ok" for n, o in outcomes.items()})
     except (Saturated, PoolRestarted, TimeoutError) as exc:
@@ -245,5 +252,3 @@ def _unavailable(exc):
 def _timed_out(exc):
     return _error(504, str(exc))
 
-
-app = create_app()

@@ -1,4 +1,5 @@
-"""Settings for the app, gunicorn and the upstream, each read once from the environment."""
+"""Every setting of the service, gunicorn and the stand-in upstream: the only reader of the
+environment. The README's configuration table lists the same names (a test checks it)."""
 import os
 from pathlib import Path
 
@@ -29,10 +30,11 @@ def env_bool(name, default):
 
 
 class Config:
-    """Every tunable of the service; the README's configuration table lists the same names."""
+    """Every tunable of the service, read from the environment once, with typed defaults."""
 
     HOST = env_str("HOST", "127.0.0.1")
     PORT = env_int("PORT", 8000)
+    BIND = env_str("BIND", f"{HOST}:{PORT}")
     UPSTREAM_PORT = env_int("UPSTREAM_PORT", 8001)
 
     # gunicorn: one gthread worker per core; each serves WEB_THREADS requests at once. 128 x 2
@@ -45,6 +47,24 @@ class Config:
     PIN_WORKERS = env_bool("PIN_WORKERS", True)
     # Freeze what a worker holds once started, so full collections skip it (gunicorn.conf.py).
     GC_FREEZE = env_bool("GC_FREEZE", True)
+    # The rest of gunicorn's settings; gunicorn.conf.py says what each one does.
+    WORKER_CLASS = env_str("WORKER_CLASS", "serving.worker.QueueTimedThreadWorker")
+    WORKER_CONNECTIONS = env_int("WORKER_CONNECTIONS", 1000)
+    BACKLOG = env_int("BACKLOG", 2048)
+    WORKER_TIMEOUT = env_int("WORKER_TIMEOUT", 30)
+    GRACEFUL_TIMEOUT = env_int("GRACEFUL_TIMEOUT", 30)
+    KEEPALIVE = env_int("KEEPALIVE", 5)
+    MAX_REQUESTS = env_int("MAX_REQUESTS", 0)
+    MAX_REQUESTS_JITTER = env_int("MAX_REQUESTS_JITTER", 0)
+    LIMIT_REQUEST_LINE = env_int("LIMIT_REQUEST_LINE", 8190)
+    PRELOAD = env_bool("PRELOAD", False)
+    CONTROL_SOCKET = env_bool("CONTROL_SOCKET", False)
+    ACCESS_LOG = env_str("ACCESS_LOG", None)
+    ACCESS_LOG_FORMAT = env_str("ACCESS_LOG_FORMAT",
+                                '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s')
+    ERROR_LOG = env_str("ERROR_LOG", "-")
+    # Where workers write their metrics; "" means a directory of this gunicorn master's own.
+    PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", "")
 
     # The three sources of GET /. The *_DELAY_MS settings are simulated latency (the seed's
     # profile); set them to 0 to measure raw speed. API_DELAY_MS is applied by the upstream.

@@ -1,97 +1,112 @@
-"""gunicorn settings: `gunicorn app:app` reads this file. Every setting has an env override."""
+"""gunicorn's settings and hooks: `gunicorn` reads this file. Every value comes from config.Config,
+so each has an environment override of the name given in its comment.
+
+The processes it starts, and the code each runs:
+
+    gunicorn master                     this file: settings and hooks
+    |-- upstream API (make run only)    dev/upstream.py, started by on_starting
+    `-- worker x WEB_WORKERS            serving/worker.py, app.py, pools.py, services/
+        |-- request threads x WEB_THREADS   a request each; the API read runs here
+        |-- read threads (thread pool)      the file and database reads
+        |-- resource tracker                multiprocessing's, for the process pool
+        `-- forkserver                      started by post_worker_init, before pinning
+            `-- pool child x PROCESS_POOL_SIZE   serving/pool_child.py, services/primes.py
+"""
 import gc
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 
-from config import Config, env_bool, env_int, env_str
-from worker import least_used_cpu, pin_process
+from config import Config
+from serving import pinning
 
-# Where to listen; make run and the tests set PORT.
-bind = env_str("BIND", f"{Config.HOST}:{Config.PORT}")
-# gthread (a few processes of many threads: a request mostly waits on I/O, and threads are far
-# cheaper than processes), stamping when each request was queued so overload is shed (worker.py).
-worker_class = env_str("WORKER_CLASS", "worker.QueueTimedThreadWorker")
-# One worker per core (Config.WEB_WORKERS); each has its own thread and process pools.
+# What to serve: the app factory, so importing app.py builds nothing (flaskr's create_app).
+wsgi_app = "app:create_app()"
+# BIND, or HOST:PORT: where to listen; make run and the tests set PORT.
+bind = Config.BIND
+# WORKER_CLASS: gthread (a few processes of many threads: a request mostly waits on I/O, and
+# threads are far cheaper than processes), stamping when each request was queued so that
+# overload is shed, and leaving connections to a less busy worker (serving/worker.py).
+worker_class = Config.WORKER_CLASS
+# WEB_WORKERS: one worker per core; each has its own thread and process pools.
 workers = Config.WEB_WORKERS
-# Requests one worker serves at once; pools.py sizes the thread pool from the same number.
+# WEB_THREADS: requests one worker serves at once; app.py sizes the thread pool from it.
 threads = Config.WEB_THREADS
-# Open connections per worker, busy or idle keep-alive. Far above `threads` on purpose: a
-# connection gthread has accepted is queued with a time stamp and shed with a quick 503 once it
-# has waited too long, while one left in the kernel's backlog waits unseen, without bound.
-worker_connections = env_int("WORKER_CONNECTIONS", 1000)
-# Accept queue of the listening socket, so a burst of clients is not refused at connect.
-backlog = env_int("BACKLOG", 2048)
-# A worker silent this long is killed and replaced (a stuck worker, not a slow request).
-timeout = env_int("WORKER_TIMEOUT", 30)
-# On SIGTERM, workers get this long to finish the requests they hold.
-graceful_timeout = env_int("GRACEFUL_TIMEOUT", 30)
-# Seconds an idle keep-alive connection stays open.
-keepalive = env_int("KEEPALIVE", 5)
-# Recycle a worker after this many requests (0: never), staggered by the jitter.
-max_requests = env_int("MAX_REQUESTS", 0)
-max_requests_jitter = env_int("MAX_REQUESTS_JITTER", 0)
-# Longest request line: four 900-digit numbers in one GET /is_prime need about 3.7 kB.
-limit_request_line = env_int("LIMIT_REQUEST_LINE", 8190)
-# Import the app in the master before forking (pools are created per worker either way).
-preload_app = env_bool("PRELOAD", False)
-# Access log destination ("-" for stdout); off by default for speed. Lines carry the request id.
-accesslog = env_str("ACCESS_LOG", None)
-access_log_format = env_str("ACCESS_LOG_FORMAT",
-                            '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s')
-
-# gunicorn's control socket ($HOME/.gunicorn/gunicorn.ctl) is one path per user, so two
-# instances (tests, benchmarks) would fight over it: off unless CONTROL_SOCKET=1.
-control_socket_disable = not env_bool("CONTROL_SOCKET", False)
-# Error log destination and level.
-errorlog = env_str("ERROR_LOG", "-")
+# WORKER_CONNECTIONS: open connections per worker, busy or idle keep-alive. Far above `threads`
+# on purpose: a connection gthread has accepted is queued with a time stamp and shed with a quick
+# 503 once it has waited too long, while one left in the kernel's backlog waits unseen.
+worker_connections = Config.WORKER_CONNECTIONS
+# BACKLOG: accept queue of the listening socket, so a burst of clients is not refused at connect.
+backlog = Config.BACKLOG
+# WORKER_TIMEOUT: a worker silent this long is killed and replaced (a stuck worker, not a slow
+# request).
+timeout = Config.WORKER_TIMEOUT
+# GRACEFUL_TIMEOUT: on SIGTERM, workers get this long to finish the requests they hold.
+graceful_timeout = Config.GRACEFUL_TIMEOUT
+# KEEPALIVE: seconds an idle keep-alive connection stays open.
+keepalive = Config.KEEPALIVE
+# MAX_REQUESTS, MAX_REQUESTS_JITTER: recycle a worker after this many requests (0: never),
+# staggered by the jitter.
+max_requests = Config.MAX_REQUESTS
+max_requests_jitter = Config.MAX_REQUESTS_JITTER
+# LIMIT_REQUEST_LINE: longest request line; four 900-digit numbers in one GET /is_prime need
+# about 3.7 kB.
+limit_request_line = Config.LIMIT_REQUEST_LINE
+# PRELOAD: import the app in the master before forking (pools are created per worker either way).
+preload_app = Config.PRELOAD
+# ACCESS_LOG ("-" for stdout; off by default, for speed) and ACCESS_LOG_FORMAT, whose lines
+# carry the request id.
+accesslog = Config.ACCESS_LOG
+access_log_format = Config.ACCESS_LOG_FORMAT
+# CONTROL_SOCKET: gunicorn's control socket ($HOME/.gunicorn/gunicorn.ctl) is one path per user,
+# so two instances (tests, benchmarks) would fight over it: off unless asked for.
+control_socket_disable = not Config.CONTROL_SOCKET
+# ERROR_LOG and LOG_LEVEL: gunicorn's own log, where the service's log lines go too.
+errorlog = Config.ERROR_LOG
 loglevel = Config.LOG_LEVEL
 
-UPSTREAM_READY_S = 10.0
+# PROMETHEUS_MULTIPROC_DIR: prometheus_client's multiprocess mode, in which every worker writes
+# its samples to files in one directory (telemetry.py). prometheus_client reads the variable when
+# it is first imported, so it goes into the environment through raw_env, which gunicorn applies
+# before a --preload import of the app; on_starting creates or empties the directory.
+_metrics_dir = Config.PROMETHEUS_MULTIPROC_DIR or os.path.join(
+    tempfile.gettempdir(), f"flask-pools-metrics-{os.getpid()}")
+raw_env = [f"PROMETHEUS_MULTIPROC_DIR={_metrics_dir}"]
 _upstream = None
-
-# prometheus_client's multiprocess mode: every worker writes its samples to files in one
-# directory, which must be set before any process imports prometheus_client and be empty at start.
-_OWN_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
-if _OWN_METRICS_DIR:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="flask-pools-metrics-")
 
 
 def on_starting(server):
     """Empty the metrics directory, seed the database once, and start the upstream if asked to."""
     from services.db import init_db
 
-    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    os.makedirs(metrics_dir, exist_ok=True)
-    for name in os.listdir(metrics_dir):
+    os.makedirs(_metrics_dir, exist_ok=True)
+    for name in os.listdir(_metrics_dir):
         if name.endswith(".db"):
-            os.remove(os.path.join(metrics_dir, name))
-
+            os.remove(os.path.join(_metrics_dir, name))
     try:
         init_db(Config.DATABASE_URL)
     except Exception as exc:  # the database may come up later: serve, and let /readyz say so
         server.log.warning("could not create or seed the database: %s", exc)
-    if Config.UPSTREAM_START:
-        _start_upstream(server)
+    if Config.UPSTREAM_START:  # UPSTREAM_START, set by make run
+        global _upstream
+        from dev.harness import start_upstream
+
+        _upstream = start_upstream(Config.API_DELAY_MS, Config.UPSTREAM_PORT, exit_with_parent=True)
+        server.log.info("upstream API listening on %s (pid %s)", _upstream.url, _upstream.proc.pid)
 
 
 def on_exit(server):
-    """Stop the upstream API that on_starting started, and remove our metrics directory."""
-    if _upstream is not None and _upstream.poll() is None:
-        _upstream.terminate()
-        _upstream.wait(timeout=5)
-    if _OWN_METRICS_DIR:
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    """Stop the upstream API that on_starting started, and remove our own metrics directory."""
+    if _upstream is not None:
+        _upstream.stop()
+    if not Config.PROMETHEUS_MULTIPROC_DIR:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)
 
 
 def pre_fork(server, worker):
     """In the master: choose the CPU the new worker will be pinned to (PIN_WORKERS, Linux)."""
-    if Config.PIN_WORKERS and hasattr(os, "sched_setaffinity"):
-        worker.cpu = least_used_cpu(server.WORKERS.values(), os.sched_getaffinity(0))
+    if Config.PIN_WORKERS and pinning.supported():
+        worker.cpu = pinning.least_used_cpu(server.WORKERS.values(), os.sched_getaffinity(0))
 
 
 def post_worker_init(worker):
@@ -99,7 +114,7 @@ def post_worker_init(worker):
     worker.wsgi.extensions["pools"].warm()
     # After warm(): the forkserver is started unpinned, so pool processes may use every CPU.
     if getattr(worker, "cpu", None) is not None:
-        pin_process(worker.cpu)
+        pinning.pin_process(worker.cpu)
     if Config.GC_FREEZE:
         # The ~60,000 objects of the loaded app never die, yet every full collection walks them
         # all: a 40 ms pause of every thread of the worker here, a p99 of its own. Frozen, they
@@ -119,20 +134,3 @@ def child_exit(server, worker):
     import telemetry
 
     telemetry.mark_process_dead(worker.pid)
-
-
-def _start_upstream(server):
-    global _upstream
-    command = [sys.executable, "upstream.py", "--port", str(Config.UPSTREAM_PORT),
-               "--delay-ms", str(Config.API_DELAY_MS), "--exit-with-parent"]
-    _upstream = subprocess.Popen(command, cwd=os.path.dirname(os.path.abspath(__file__)))
-    url = f"http://127.0.0.1:{Config.UPSTREAM_PORT}/healthz"
-    give_up = time.monotonic() + UPSTREAM_READY_S
-    while time.monotonic() < give_up:
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            server.log.info("upstream API listening on %s (pid %s)", url, _upstream.pid)
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"the upstream API did not answer on {url}")

@@ -9,11 +9,11 @@ import logging
 from locust import HttpUser, between, events, task
 from locust.runners import WorkerRunner
 
+from bench.workloads import SEED_NUMBER, SEED_WORKLOAD
+
 SOURCES = ("result_file", "result_db", "result_api")
 SMALL = "/is_prime/1,2,3,4"
 SMALL_ANSWER = {"1": False, "2": True, "3": True, "4": False}
-SEED_NUMBER = "112272535095293"
-SEED_WORKLOAD = "/is_prime/" + ",".join([SEED_NUMBER] * 100)
 # Mersenne primes 2**p - 1 for p = 1279, 2203, 2281 (386 to 687 digits), and 2**1279 + 1,
 # which 3 divides: known answers, so no oracle is needed here.
 BIG_NUMBERS = [2**1279 - 1, 2**2203 - 1, 2**2281 - 1, 2**1279 + 1]

@@ -2,9 +2,9 @@
 
     request thread                 thread pool (I/O)                   sources
     --------------                 -----------------                   -------
-    gather(calls, deadline) --> admit (else Saturated: 503)
-                                submit all calls but the last --> file | SQL
-        run the last call itself ----------------------------------> HTTP
+    gather(calls, deadline,    --> admit (else Saturated: 503)
+           run_here=name)          submit every other call -------> file | SQL
+        run calls[name] itself ------------------------------------> HTTP
         wait until done or deadline <-- Future per call <------------ value or error
         cancel what has not started
 
@@ -17,9 +17,8 @@
 
 The stdlib executors queue without bound, so each pool has a gate that admits at most
 `size + queue_limit` tasks and refuses the rest at once: under overload a client gets a quick 503
-instead of a wait that grows. Both executors are created on first use in the process that uses
-them, never inherited across fork: gunicorn forks workers from its master (with --preload after
-importing the app), and an executor's threads and pipes do not survive a fork.
+instead of a wait that grows. Executors and gates are per process (serving.per_process): created
+on first use in the process that uses them, never inherited across a fork.
 """
 import contextvars
 import multiprocessing
@@ -31,8 +30,9 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
-import pool_child
 import telemetry
+from serving import pool_child
+from serving.per_process import PerProcess
 
 _instances = weakref.WeakSet()
 
@@ -54,7 +54,7 @@ class Saturated(Exception):
         self.pool = pool
 
 
-class PoolRestarted(RuntimeError):
+class PoolRestarted(Exception):
     """The process pool died under a call (a child was killed) and has been replaced."""
 
 
@@ -95,76 +95,58 @@ class Pools:
                  process_preload=()):
         self.thread_size = thread_size
         self.process_size = process_size
-        self._thread_queue = thread_queue
-        self._process_queue = process_queue
-        self._process_preload = ["pool_child", *process_preload]
+        self._process_preload = [pool_child.__name__, *process_preload]
         # The CPUs this process may use now, before gunicorn.conf.py pins a worker to one of them.
         self._cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-        self._reset()
+        self._thread_gate = PerProcess(lambda: _Gate("thread", thread_size, thread_queue))
+        self._process_gate = PerProcess(lambda: _Gate("process", process_size, process_queue))
+        self._threads = PerProcess(self._new_thread_pool)
+        self._processes = PerProcess(self._new_process_pool)
         _instances.add(self)
 
-    def _reset(self):
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
-        self._threads = None
-        self._processes = None
-        self._thread_gate = _Gate("thread", self.thread_size, self._thread_queue)
-        self._process_gate = _Gate("process", self.process_size, self._process_queue)
+    def _new_thread_pool(self):
+        telemetry.POOL_SIZE.labels("thread").set(self.thread_size)
+        return ThreadPoolExecutor(self.thread_size, thread_name_prefix="read")
 
-    def _check_pid(self):
-        # After fork the child holds copies of the parent's executor objects whose threads and
-        # pipes belong to the parent: forget them (without shutting them down) and start afresh.
-        if self._pid != os.getpid():
-            self._reset()
+    def _new_process_pool(self):
+        # forkserver, not fork: forking a multi-threaded gunicorn worker can copy a lock held by
+        # another thread into the child, which then deadlocks.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(self._process_preload)
+        telemetry.POOL_SIZE.labels("process").set(self.process_size)
+        return ProcessPoolExecutor(self.process_size, mp_context=context,
+                                   initializer=pool_child.init, initargs=(os.getpid(), self._cpus))
 
     def thread_pool(self):
         """Return this process's thread pool, creating it on first use."""
-        self._check_pid()
-        if self._threads is None:
-            with self._lock:
-                if self._threads is None:
-                    self._threads = ThreadPoolExecutor(self.thread_size, thread_name_prefix="read")
-                    telemetry.POOL_SIZE.labels("thread").set(self.thread_size)
-        return self._threads
+        return self._threads.get()
 
     def process_pool(self):
         """Return this process's process pool, creating it on first use."""
-        self._check_pid()
-        if self._processes is None:
-            with self._lock:
-                if self._processes is None:
-                    # forkserver, not fork: forking a multi-threaded gunicorn worker can copy a
-                    # lock held by another thread into the child, which then deadlocks.
-                    context = multiprocessing.get_context("forkserver")
-                    context.set_forkserver_preload(self._process_preload)
-                    self._processes = ProcessPoolExecutor(
-                        self.process_size, mp_context=context,
-                        initializer=pool_child.init, initargs=(os.getpid(), self._cpus),
-                    )
-                    telemetry.POOL_SIZE.labels("process").set(self.process_size)
-        return self._processes
+        return self._processes.get()
 
-    def gather(self, calls, deadline, concurrent=True):
-        """Run each call(deadline) of a {name: call} dict and return {name: Outcome}.
+    def gather(self, calls, deadline, *, run_here=None, sequential=False):
+        """Run each call(deadline) of a {name: call} dict and return {name: Outcome}, in order.
 
-        Concurrently (all but the last on the thread pool, the last in this thread), or one after
-        another in this thread. A pooled call still running at the deadline is reported as
+        The thread pool runs the calls while this thread runs `calls[run_here]` itself (it would
+        otherwise only wait: one hand-off fewer); with sequential=True this thread runs them all,
+        one after another. A pooled call still running at the deadline is reported as
         TimeoutError and one not yet started is cancelled; the calls bound their own I/O by the
-        deadline, so the one in this thread returns by then too.
+        deadline, so one run in this thread returns by then too.
         """
         start = time.monotonic()
-        if not concurrent:
+        if sequential:
             return {name: _timed(name, call, deadline) for name, call in calls.items()}
-        # The last call runs in this thread, which would otherwise only wait: one hand-off fewer.
-        *pooled, (own_name, own_call) = calls.items()
+        pooled = [name for name in calls if name != run_here]
         # Each task runs in a copy of this context, so its log lines carry the request id.
-        tasks = [(contextvars.copy_context().run, _timed, name, call, deadline)
-                 for name, call in pooled]
-        futures = dict(zip([name for name, _ in pooled],
-                           self._submit_all(self.thread_pool(), self._thread_gate, tasks)))
-        own = _timed(own_name, own_call, deadline)
-        wait(futures.values(), timeout=max(0.0, deadline - time.monotonic()))
+        tasks = [(contextvars.copy_context().run, _timed, name, calls[name], deadline)
+                 for name in pooled]
+        futures = dict(zip(pooled, self._submit_all(self.thread_pool(), self._thread_gate.get(),
+                                                    tasks)))
         outcomes = {}
+        if run_here is not None:
+            outcomes[run_here] = _timed(run_here, calls[run_here], deadline)
+        wait(futures.values(), timeout=max(0.0, deadline - time.monotonic()))
         for name, future in futures.items():
             if future.done() and not future.cancelled():
                 outcomes[name] = future.result()
@@ -173,7 +155,6 @@ class Pools:
                 outcomes[name] = Outcome(error=TimeoutError("no answer within the deadline"),
                                          elapsed_ms=(time.monotonic() - start) * 1000)
                 _record(name, "timeout", outcomes[name])
-        outcomes[own_name] = own
         return {name: outcomes[name] for name in calls}
 
     def map_cpu(self, fn, chunks, deadline):
@@ -184,18 +165,24 @@ class Pools:
         """
         pool = self.process_pool()
         try:
-            futures = self._submit_all(pool, self._process_gate, [(fn, chunk) for chunk in chunks])
+            futures = self._submit_all(pool, self._process_gate.get(),
+                                       [(fn, chunk) for chunk in chunks])
             _, pending = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
             if pending:
                 for future in pending:
                     future.cancel()
                 raise TimeoutError("the prime check did not finish within the deadline")
             return [future.result() for future in futures]
-        except RuntimeError as exc:  # BrokenProcessPool, or "cannot schedule new futures after
-            # shutdown" when another thread replaced this broken pool first.
-            if not isinstance(exc, BrokenProcessPool) and pool is self._processes:
+        except BrokenProcessPool as exc:  # a child died under this call
+            if self._processes.discard(pool):
+                telemetry.POOL_REBUILDS.inc()
+                pool.shutdown(wait=False, cancel_futures=True)
+            raise PoolRestarted("a prime-check process died; the pool was rebuilt") from exc
+        except RuntimeError as exc:
+            # "cannot schedule new futures after shutdown": another thread found this pool
+            # broken and replaced it between our process_pool() and submit().
+            if self._processes.peek() is pool:
                 raise
-            self._replace_broken(pool)
             raise PoolRestarted("a prime-check process died; the pool was rebuilt") from exc
 
     @staticmethod
@@ -213,15 +200,6 @@ class Pools:
                 gate.leave()
         return futures
 
-    def _replace_broken(self, broken):
-        with self._lock:
-            # Several requests see the same broken pool; only the first one replaces it.
-            if self._processes is not broken:
-                return
-            self._processes = None
-        telemetry.POOL_REBUILDS.inc()
-        broken.shutdown(wait=False, cancel_futures=True)
-
     def warm(self):
         """Start both pools, and the process pool's forkserver and all its children, now."""
         self.thread_pool()
@@ -233,12 +211,9 @@ class Pools:
 
     def shutdown(self):
         """Stop both executors of this process, waiting for the work they hold."""
-        if self._pid != os.getpid():
-            return
-        with self._lock:
-            executors, self._threads, self._processes = (self._threads, self._processes), None, None
-        for executor in executors:
-            if executor is not None:
+        for executors in (self._threads, self._processes):
+            executor = executors.peek()
+            if executor is not None and executors.discard(executor):
                 executor.shutdown(wait=True, cancel_futures=True)
 
 

@@ -1,8 +1,9 @@
 """Request ids in every log line, and Prometheus metrics that add up across gunicorn workers.
 
-Under gunicorn, gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR before anything imports
-prometheus_client, so each worker writes its samples to files there and /metrics sums them
+Under gunicorn, gunicorn.conf.py puts PROMETHEUS_MULTIPROC_DIR in the environment before anything
+imports prometheus_client, so each worker writes its samples to files there and /metrics sums them
 (prometheus_client's multiprocess mode). Outside gunicorn the default in-process registry is used.
+prometheus_client reads that variable itself, so this module follows the environment, not Config.
 """
 import contextvars
 import logging
@@ -10,6 +11,12 @@ import os
 import random
 import re
 import sys
+
+_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _MULTIPROC_DIR:
+    # The first process to import this creates it: with --preload that is gunicorn's master,
+    # before its on_starting hook could.
+    os.makedirs(_MULTIPROC_DIR, exist_ok=True)
 
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge,
                                Histogram, generate_latest, multiprocess)
@@ -78,7 +85,7 @@ def configure_logging(level):
 
 def render_metrics():
     """Return (body, content type) of every metric, summed over all worker processes."""
-    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+    if _MULTIPROC_DIR:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     else:
@@ -88,5 +95,5 @@ def render_metrics():
 
 def mark_process_dead(pid):
     """Drop a dead worker's live gauges (gunicorn's child_exit hook calls this)."""
-    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+    if _MULTIPROC_DIR:
         multiprocess.mark_process_dead(pid)

@@ -1,1 +1,1 @@
-"""Benchmarks and load runs of the service, and the process harness the tests share."""
+"""`make bench` and `make load`: the service measured against the seed's apps, and under locust."""

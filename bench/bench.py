@@ -19,13 +19,12 @@ from pathlib import Path
 
 import requests
 
-from bench.harness import ROOT, Service, descendants, free_port, start_gunicorn, start_upstream
+from bench.workloads import SEED_NUMBER, SEED_WORKLOAD
 from config import Config
+from dev.harness import ROOT, Service, deployment, descendants, free_port
 
 REPORTS = ROOT / "reports"
 CONCURRENCY = (1, 50, 200, 500)
-SEED_NUMBER = "112272535095293"
-SEED_WORKLOAD = "/is_prime/" + ",".join([SEED_NUMBER] * 100)
 FLOOR_S = 0.300  # the slowest read of the seed profile
 WRK_TIMEOUT_S = 10
 SETTLE_S = 2.0
@@ -99,19 +98,6 @@ def memory_mb(pids):
 
 
 @contextmanager
-def service_deployment(data_dir, **env):
-    """The default deployment: the upstream with the seed's 300 ms and gunicorn.conf.py."""
-    upstream = start_upstream(delay_ms=Config.API_DELAY_MS)
-    service = start_gunicorn(upstream.url + "/", data_dir, LOG_LEVEL="error", **env)
-    try:
-        requests.get(service.url + "/", timeout=10)  # first request: every pool started
-        yield service, upstream
-    finally:
-        service.stop()
-        upstream.stop()
-
-
-@contextmanager
 def seed_app(module, threads):
     """A seed app under gunicorn's gthread worker, without this project's gunicorn.conf.py."""
     port = free_port()
@@ -140,7 +126,8 @@ def timed_get(url, times):
 def measure(seconds, data_dir):
     """Run every comparison; return the results as a dict."""
     results = {"reads": {}}
-    with service_deployment(data_dir) as (service, upstream):
+    with deployment(data_dir, LOG_LEVEL="error") as (service, upstream):
+        requests.get(service.url + "/", timeout=10)  # a first request opens its connections
         pids = deployment_pids(service, upstream)
         results["memory_idle"] = memory_mb(pids)
         for label, path in (("service", "/"), ("sequential", "/?mode=sequential")):

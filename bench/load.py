@@ -7,25 +7,17 @@ import subprocess
 import sys
 import tempfile
 
-from bench.harness import ROOT, start_gunicorn, start_upstream
-from config import Config
+from dev.harness import ROOT, deployment
 
 
 def main(argv=None):
     """Run one bounded load run against 127.0.0.1; return locust's exit code."""
     (ROOT / "reports").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as data_dir:
-        upstream = start_upstream(delay_ms=Config.API_DELAY_MS)
-        try:
-            service = start_gunicorn(upstream.url + "/", data_dir, LOG_LEVEL="warning")
-            try:
-                command = [sys.executable, "-m", "locust", "--config", "locust.conf",
-                           "--host", service.url, *(sys.argv[1:] if argv is None else argv)]
-                return subprocess.run(command, cwd=ROOT, timeout=600).returncode
-            finally:
-                service.stop()
-        finally:
-            upstream.stop()
+        with deployment(data_dir, LOG_LEVEL="warning") as (service, _upstream):
+            command = [sys.executable, "-m", "locust", "--config", "locust.conf",
+                       "--host", service.url, *(sys.argv[1:] if argv is None else argv)]
+            return subprocess.run(command, cwd=ROOT, timeout=600).returncode
 
 
 if __name__ == "__main__":

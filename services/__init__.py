@@ -1,6 +1,4 @@
 """The sources that GET / reads and the prime checks of /is_prime, one module each."""
-import os
-import threading
 import time
 
 
@@ -20,22 +18,3 @@ def remaining(deadline):
     if left <= 0:
         raise TimeoutError("the request deadline passed before the read began")
     return left
-
-
-class PerProcess:
-    """A value built on first use in each process: connection pools must not cross a fork."""
-
-    def __init__(self, factory):
-        self._factory = factory
-        self._value = None
-        self._pid = None
-        self._lock = threading.Lock()
-
-    def get(self):
-        """Return this process's value, building it if this process has none yet."""
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._value = self._factory()
-                    self._pid = os.getpid()
-        return self._value

@@ -1,11 +1,10 @@
 """The API source: an HTTP GET to a remote JSON API, each thread over a keep-alive connection."""
 import http.client
 import json
-import os
 import socket
-import threading
 from urllib.parse import urlsplit
 
+from serving.per_process import PerProcess
 from services import remaining
 
 # What a kept-alive connection that the server closed meanwhile raises on its next use.
@@ -26,12 +25,13 @@ class ApiSource:
         # http.client, one connection per thread, rather than a shared pool (urllib3, requests):
         # a pool's locks and bookkeeping cost a GET 260 us of CPU here against 90 us, and every
         # thread that reads the API needs a connection at once anyway (README: Performance).
-        self._local = threading.local()
+        self._connection = PerProcess(self._connect, per_thread=True)
 
     def read(self, deadline):
         """Return the API's JSON body; the timeout is what is left of the request's budget."""
         timeout = remaining(deadline)
-        conn, reused = self._connection()
+        conn = self._connection.get()
+        reused = conn.sock is not None  # http.client opens its socket on the first request
         try:
             try:
                 response, body = self._get(conn, timeout)
@@ -51,14 +51,9 @@ class ApiSource:
             raise ConnectionError(f"{self.url} answered {response.status} {response.reason}")
         return json.loads(body)
 
-    def _connection(self):
-        # A fork copies the thread that forked, and its connection: the child opens its own.
-        local = self._local
-        if getattr(local, "pid", None) != os.getpid():
-            factory = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            local.conn, local.pid = factory(*self._address), os.getpid()
-            return local.conn, False
-        return local.conn, local.conn.sock is not None
+    def _connect(self):
+        factory = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        return factory(*self._address)
 
     def _get(self, conn, timeout):
         conn.timeout = timeout

@@ -8,8 +8,8 @@ import pytest
 import requests
 
 from app import create_app
-from bench import harness
-from bench.harness import start_upstream
+from dev import harness
+from dev.harness import start_upstream
 from services.db import init_db
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
@@ -68,10 +68,13 @@ def run_clients(url, clients, per_client, timeout_s=30, headers=None):
     return asyncio.run(main())
 
 
+# Smaller than the default deployment, so that tests running side by side fit on two cores.
+TEST_SIZE = {"WEB_WORKERS": 2, "WEB_THREADS": 32, "PROCESS_POOL_SIZE": 2}
+
+
 def start_gunicorn(api_url, tmp_path, **env):
-    """gunicorn as the tests run it: two workers of 32 threads, two pool processes each."""
-    settings = {"WEB_WORKERS": 2, "WEB_THREADS": 32, "PROCESS_POOL_SIZE": 2, **env}
-    return harness.start_gunicorn(api_url, tmp_path, ready_path="/is_prime/2", **settings)
+    """gunicorn as the tests run it: TEST_SIZE, unless `env` says otherwise."""
+    return harness.start_gunicorn(api_url, tmp_path, **{**TEST_SIZE, **env})
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import time
 import gmpy2
 import pytest
 
-import worker
+from serving import worker
 
 from tests.conftest import big_primes
 
@@ -181,7 +181,7 @@ def test_a_request_whose_budget_ran_out_in_the_queue_gets_504(app, client):
 
 
 def test_full_process_pool_gives_503(app, client):
-    gate = app.extensions["pools"]._process_gate
+    gate = app.extensions["pools"]._process_gate.get()
     gate.enter(gate.capacity)
     try:
         big = 2**1279 - 1

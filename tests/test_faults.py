@@ -11,7 +11,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from config import Config
-from bench.harness import descendants, free_port, parent_of
+from dev.harness import descendants, free_port, parent_of
 from tests.conftest import big_primes, run_clients, start_gunicorn, timed_get, worker_pids
 
 DEADLINE_S = 1.0

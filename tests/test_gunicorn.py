@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from bench.harness import Service, descendants, free_port, start_upstream
+from dev.harness import Service, descendants, free_port, start_upstream
 from tests.conftest import big_primes, start_gunicorn, timed_get, worker_pids
 
 SEED_PROFILE = {"FILE_DELAY_MS": 100, "DB_DELAY_MS": 200}

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from bench.harness import ROOT, free_port
+from dev.harness import ROOT, free_port
 from tests.conftest import start_gunicorn
 
 RUN = ["--users", "10", "--spawn-rate", "10", "--run-time", "4s"]

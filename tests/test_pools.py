@@ -10,7 +10,7 @@ import pytest
 
 import pools
 import telemetry
-from bench.harness import ROOT
+from dev.harness import ROOT
 from services import primes
 from tests.conftest import far
 
@@ -39,9 +39,9 @@ def pool_pair():
     pair.shutdown()
 
 
-def test_gather_runs_the_last_call_in_the_calling_thread(pool_pair):
+def test_gather_runs_the_named_call_in_the_calling_thread(pool_pair):
     calls = {name: lambda deadline: threading.current_thread().name for name in ("a", "b")}
-    names = {name: o.value for name, o in pool_pair.gather(calls, far()).items()}
+    names = {name: o.value for name, o in pool_pair.gather(calls, far(), run_here="b").items()}
     assert names["a"].startswith("read") and names["b"] == threading.current_thread().name
 
 
@@ -57,7 +57,7 @@ def test_gather_runs_calls_concurrently(pool_pair):
 def test_gather_sequential_runs_one_after_another(pool_pair):
     calls = {name: sleeper(SLEEP_S, name) for name in ("a", "b", "c")}
     start = time.monotonic()
-    outcomes = pool_pair.gather(calls, time.monotonic() + 5, concurrent=False)
+    outcomes = pool_pair.gather(calls, time.monotonic() + 5, sequential=True)
     assert time.monotonic() - start >= 3 * SLEEP_S
     assert [o.value for o in outcomes.values()] == ["a", "b", "c"]
 
@@ -82,7 +82,7 @@ def test_gather_cancels_calls_not_started_by_the_deadline():
     try:
         deadline = time.monotonic() + SLEEP_S
         calls = {"busy": sleeper(SLEEP_S * 2), "queued": ran.append, "own": sleeper(0)}
-        outcomes = single.gather(calls, deadline)
+        outcomes = single.gather(calls, deadline, run_here="own")
         time.sleep(SLEEP_S * 2)
         assert isinstance(outcomes["queued"].error, TimeoutError)
         assert ran == []
@@ -128,28 +128,28 @@ def test_shutdown_all_stops_every_pool(pool_pair):
     pool_pair.thread_pool()
     pool_pair.process_pool()
     pools.shutdown_all()
-    assert pool_pair._threads is None and pool_pair._processes is None
+    assert pool_pair._threads.peek() is None and pool_pair._processes.peek() is None
 
 
 def test_a_full_thread_pool_refuses_at_once_and_frees_its_slots():
     small = pools.Pools(thread_size=2, process_size=1)
     try:
         calls = {"a": sleeper(SLEEP_S), "b": sleeper(SLEEP_S), "own": sleeper(SLEEP_S)}
-        busy = threading.Thread(target=small.gather, args=(calls, far()))
+        busy = threading.Thread(target=small.gather, args=(calls, far()), kwargs={"run_here": "own"})
         busy.start()
         time.sleep(SLEEP_S / 4)
         start = time.monotonic()
         with pytest.raises(pools.Saturated):
-            small.gather({"c": sleeper(0), "own": sleeper(0)}, far())
+            small.gather({"c": sleeper(0), "own": sleeper(0)}, far(), run_here="own")
         assert time.monotonic() - start < 0.05
         busy.join()
-        assert small.gather({"c": sleeper(0, 3), "own": sleeper(0)}, far())["c"].value == 3
+        assert small.gather({"c": sleeper(0, 3), "own": sleeper(0)}, far(), run_here="own")["c"].value == 3
     finally:
         small.shutdown()
 
 
 def test_a_full_process_pool_refuses(pool_pair):
-    assert pool_pair._process_gate.capacity == 4  # two processes, two queued chunks
+    assert pool_pair._process_gate.get().capacity == 4  # two processes, two queued chunks
     with pytest.raises(pools.Saturated):
         pool_pair.map_cpu(primes.check_batch, [[7]] * 5, far())
     assert pool_pair.map_cpu(primes.check_batch, [[7]] * 4, far()) == [[True]] * 4
@@ -168,7 +168,7 @@ def test_pool_tasks_see_the_callers_request_id(pool_pair):
     telemetry.set_request_id("rid-from-caller")
     calls = {"pooled": lambda deadline: (telemetry.current_request_id(), threading.current_thread().name),
              "own": sleeper(0)}
-    request_id, thread = pool_pair.gather(calls, far())["pooled"].value
+    request_id, thread = pool_pair.gather(calls, far(), run_here="own")["pooled"].value
     assert request_id == "rid-from-caller" and thread.startswith("read")
 
 
@@ -184,9 +184,10 @@ def test_warm_starts_every_pool_process(pool_pair):
 def test_pool_processes_may_use_every_cpu_when_their_worker_is_pinned():
     # In a child process, pinned as gunicorn.conf.py pins a worker; the pool starts after.
     code = (
-        "import os, time, pools, worker\n"
+        "import os, time, pools\n"
+        "from serving import pinning\n"
         "pair = pools.Pools(thread_size=1, process_size=1)\n"
-        "worker.pin_process(min(os.sched_getaffinity(0)))\n"
+        "pinning.pin_process(min(os.sched_getaffinity(0)))\n"
         "print(sorted(pair.map_cpu(os.sched_getaffinity, [0], time.monotonic() + 30)[0]))\n"
         "pair.shutdown()\n"
     )

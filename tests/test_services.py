@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import create_engine, func, select, text
 
-from bench.harness import free_port
+from dev.harness import free_port
 from services import simulate_latency
 from services.api import ApiSource
 from services.db import SEED_ROWS, DbSource, init_db, quotes
@@ -96,23 +96,23 @@ def test_api_source_returns_the_upstream_json(upstream):
 def test_api_source_reuses_its_connection(upstream):
     source = ApiSource(upstream.url + "/")
     first = source.read(far())["serial"]
-    sock = source._local.conn.sock
+    sock = source._connection.get().sock
     second = source.read(far())["serial"]
-    assert second > first and source._local.conn.sock is sock
+    assert second > first and source._connection.get().sock is sock
 
 
 def test_api_source_threads_have_connections_of_their_own(upstream):
     source = ApiSource(upstream.url + "/")
     source.read(far())
     with ThreadPoolExecutor(1) as pool:
-        other = pool.submit(lambda: (source.read(far()), source._local.conn.sock)[1]).result()
-    assert other is not source._local.conn.sock
+        other = pool.submit(lambda: (source.read(far()), source._connection.get().sock)[1]).result()
+    assert other is not source._connection.get().sock
 
 
 def test_api_source_sends_again_when_the_kept_connection_was_closed(upstream):
     source = ApiSource(upstream.url + "/")
     first = source.read(far())["serial"]
-    source._local.conn.sock.shutdown(socket.SHUT_RDWR)  # as a server closing an idle connection
+    source._connection.get().sock.shutdown(socket.SHUT_RDWR)  # as a server closing an idle connection
     assert source.read(far())["serial"] > first
 
 

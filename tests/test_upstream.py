@@ -3,7 +3,7 @@ import time
 
 import requests
 
-from bench.harness import start_upstream
+from dev.harness import start_upstream
 
 
 def test_upstream_waits_its_configured_delay():

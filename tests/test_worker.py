@@ -1,4 +1,4 @@
-"""The gthread worker's queue stamps, and pinning workers to CPUs."""
+"""The gthread worker's queue stamps and accept hold-back, and pinning workers to CPUs."""
 import os
 import selectors
 import socket
@@ -10,8 +10,8 @@ from collections import deque
 
 import pytest
 
-import worker
-from bench.harness import ROOT
+from dev.harness import ROOT
+from serving import pinning, worker
 
 
 def test_tasks_see_when_they_were_queued():
@@ -69,15 +69,16 @@ class Pinned:
     ([0, 1], {0, 1, 2, 3}, 2),
 ])
 def test_a_new_worker_gets_the_least_used_cpu(pinned, cpus, expected):
-    assert worker.least_used_cpu([Pinned(cpu) for cpu in pinned], cpus) == expected
+    assert pinning.least_used_cpu([Pinned(cpu) for cpu in pinned], cpus) == expected
 
 
 def test_pin_process_pins_every_thread_and_threads_started_later():
     # In a child process: pinning the test runner itself would slow the rest of the suite.
     code = (
-        "import os, threading, time, worker\n"
+        "import os, threading, time\n"
+        "from serving import pinning\n"
         "before = threading.Thread(target=time.sleep, args=(2,)); before.start()\n"
-        "worker.pin_process(CPU)\n"
+        "pinning.pin_process(CPU)\n"
         "after = threading.Thread(target=time.sleep, args=(2,)); after.start()\n"
         "print(sorted({tuple(sorted(os.sched_getaffinity(int(t))))\n"
         "              for t in os.listdir('/proc/self/task')}))\n"

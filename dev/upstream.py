@@ -1,6 +1,7 @@
-"""The upstream JSON API that GET / reads: a small aiohttp server, so it is never the bottleneck.
+"""The stand-in for the remote JSON API that GET / reads: a small aiohttp server, so it is never
+the bottleneck. `make run` starts it beside gunicorn; the tests and benchmarks start their own.
 
-    python upstream.py --port 8001 --delay-ms 300
+    python -m dev.upstream --port 8001 --delay-ms 300
 
 Each GET / answers after the configured delay (a real network wait for the caller); a
 `?delay_ms=N` query parameter overrides it per request.

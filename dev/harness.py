@@ -1,4 +1,5 @@
-"""Start and stop the real deployment (upstream, gunicorn) on free ports: for tests, bench and load.
+"""Start and stop the real processes (the stand-in upstream, gunicorn) on free ports: for
+`make run`, the tests, `make bench` and `make load`.
 
 Every process is started in a session of its own, so stopping it also stops whatever it started.
 """
@@ -10,14 +11,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
 
+from config import Config
+
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 20.0
-_running = set()
 STOP_TIMEOUT_S = 40.0
+_running = set()
 
 
 def free_port():
@@ -133,15 +137,16 @@ def descendants(pid):
     return sorted(found)
 
 
-def start_upstream(delay_ms=0):
-    """Start the real upstream API on a free port."""
-    port = free_port()
-    command = [sys.executable, "upstream.py", "--port", str(port), "--delay-ms", str(delay_ms)]
-    return Service(command, port)
+def start_upstream(delay_ms=0, port=None, exit_with_parent=False):
+    """Start the stand-in upstream API on `port` (a free one by default)."""
+    port = port or free_port()
+    command = [sys.executable, "-m", "dev.upstream", "--port", str(port), "--delay-ms", str(delay_ms)]
+    return Service(command + ["--exit-with-parent"] * exit_with_parent, port)
 
 
-def start_gunicorn(api_url, data_dir, app="app:app", ready_path="/healthz", **env):
-    """Start real gunicorn (gunicorn.conf.py) on a free port, reading its API at `api_url`."""
+def start_gunicorn(api_url, data_dir, **env):
+    """Start real gunicorn (gunicorn.conf.py) on a free port, reading its API at `api_url` and
+    its database in `data_dir`; `env` overrides any other setting."""
     port = free_port()
     settings = {
         "PORT": str(port),
@@ -149,7 +154,19 @@ def start_gunicorn(api_url, data_dir, app="app:app", ready_path="/healthz", **en
         "DATABASE_URL": f"sqlite:///{Path(data_dir) / 'app.db'}",
     }
     settings.update({key: str(value) for key, value in env.items()})
-    command = [sys.executable, "-m", "gunicorn", app]
-    return Service(command, port, settings, ready_path=ready_path)
+    return Service([sys.executable, "-m", "gunicorn"], port, settings)
 
 
+@contextmanager
+def deployment(data_dir, **env):
+    """The default deployment with the seed's latency profile, as `make run` starts it:
+    the upstream (API_DELAY_MS) and gunicorn; yields (gunicorn, upstream) and stops both."""
+    upstream = start_upstream(delay_ms=Config.API_DELAY_MS)
+    try:
+        service = start_gunicorn(upstream.url + "/", data_dir, **env)
+        try:
+            yield service, upstream
+        finally:
+            service.stop()
+    finally:
+        upstream.stop()
