@@ -1,17 +1,14 @@
-"""The gthread worker's queue stamps and accept hold-back, and pinning workers to CPUs."""
+"""The gthread worker: queue stamps and the accept hold-back."""
 import os
 import selectors
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import deque
 
 import pytest
 
-from dev.harness import ROOT
-from serving import pinning, worker
+from serving import worker
 
 
 def test_tasks_see_when_they_were_queued():
@@ -50,43 +47,6 @@ def test_the_worker_class_uses_the_stamping_executor():
         assert isinstance(pool, worker._StampingExecutor) and pool._max_workers == 3
     finally:
         pool.shutdown()
-
-
-class Pinned:
-    """A stand-in for a gunicorn worker object, as pre_fork sees the live ones."""
-
-    def __init__(self, cpu=None):
-        if cpu is not None:
-            self.cpu = cpu
-
-
-@pytest.mark.parametrize("pinned, cpus, expected", [
-    ([], {0, 1}, 0),
-    ([0], {0, 1}, 1),
-    ([0, 1], {0, 1}, 0),
-    ([1, 1, 0], {0, 1}, 0),
-    ([None, 2], {2, 3}, 3),  # a worker started with PIN_WORKERS off counts for no CPU
-    ([0, 1], {0, 1, 2, 3}, 2),
-])
-def test_a_new_worker_gets_the_least_used_cpu(pinned, cpus, expected):
-    assert pinning.least_used_cpu([Pinned(cpu) for cpu in pinned], cpus) == expected
-
-
-def test_pin_process_pins_every_thread_and_threads_started_later():
-    # In a child process: pinning the test runner itself would slow the rest of the suite.
-    code = (
-        "import os, threading, time\n"
-        "from serving import pinning\n"
-        "before = threading.Thread(target=time.sleep, args=(2,)); before.start()\n"
-        "pinning.pin_process(CPU)\n"
-        "after = threading.Thread(target=time.sleep, args=(2,)); after.start()\n"
-        "print(sorted({tuple(sorted(os.sched_getaffinity(int(t))))\n"
-        "              for t in os.listdir('/proc/self/task')}))\n"
-    )
-    cpu = max(os.sched_getaffinity(0))
-    output = subprocess.run([sys.executable, "-c", code.replace("CPU", str(cpu))], cwd=ROOT,
-                            capture_output=True, text=True, check=True, timeout=30).stdout
-    assert output.strip() == f"[({cpu},)]"
 
 
 class Cfg:
@@ -155,3 +115,13 @@ def test_a_lone_worker_has_nobody_to_leave_connections_to(busy_worker):
     connect(listener, clients, 1)
     fake.accept(listener)
     assert len(fake.accepted) == 1
+
+
+def test_a_hold_back_wakes_the_loop_when_it_ends(busy_worker):
+    # gthread's loop would otherwise wait up to its 1 s select timeout for an event.
+    fake, listener, clients = busy_worker
+    connect(listener, clients, 1)
+    fake.accept(listener)
+    start = time.monotonic()
+    fake.wait_for_and_dispatch_events(timeout=1.0)
+    assert worker.ACCEPT_YIELD_S * 0.5 <= time.monotonic() - start < 0.5
