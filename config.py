@@ -39,7 +39,7 @@ class Config:
 
     # gunicorn: one gthread worker per core; each serves WEB_THREADS requests at once. 128 x 2
     # workers at ~0.3 s a request is ~850 req/s of GET /, a little past what 2 cores sustain
-    # here (README: Performance): fewer threads cap throughput below the CPU's, and more only
+    # here (docs/performance.md): fewer threads cap throughput below the CPU's, and more only
     # admit requests that then starve each other of the GIL.
     WEB_WORKERS = env_int("WEB_WORKERS", os.cpu_count() or 1)
     WEB_THREADS = env_int("WEB_THREADS", 128)

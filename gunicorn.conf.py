@@ -3,7 +3,7 @@ so each has an environment override of the name given in its comment.
 
 The processes it starts, and the code each runs:
 
-    gunicorn master                     this file: settings and hooks
+    gunicorn master                     gunicorn.conf.py: settings and hooks
     |-- upstream API (make run only)    dev/upstream.py, started by on_starting
     `-- worker x WEB_WORKERS            serving/worker.py, app.py, pools.py, services/
         |-- request threads x WEB_THREADS   a request each; the API read runs here

@@ -24,7 +24,7 @@ class ApiSource:
         self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         # http.client, one connection per thread, rather than a shared pool (urllib3, requests):
         # a pool's locks and bookkeeping cost a GET 260 us of CPU here against 90 us, and every
-        # thread that reads the API needs a connection at once anyway (README: Performance).
+        # thread that reads the API needs a connection at once anyway (docs/performance.md).
         self._connection = PerProcess(self._connect, per_thread=True)
 
     def read(self, deadline):
