@@ -37,6 +37,7 @@ class Service:
     def __init__(self, command, port, env=None, ready_path="/healthz"):
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self._owner = os.getpid()
         # A file, not a pipe: a pipe nobody reads fills up and blocks the server's logging.
         self.log = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen(
@@ -93,8 +94,11 @@ class Service:
 @atexit.register
 def _stop_all():
     # A run that dies between start and stop (an error, Ctrl-C) still leaves nothing behind.
+    # Only in the process that started them: gunicorn's workers are forked from a master that
+    # started the upstream (make run), and a worker that exits must not take it along.
     for service in list(_running):
-        service.stop(signal.SIGKILL)
+        if service._owner == os.getpid():
+            service.stop(signal.SIGKILL)
 
 
 def _live_pids():

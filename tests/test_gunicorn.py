@@ -145,6 +145,21 @@ def test_make_run_serves_and_stops_its_upstream():
         requests.get(f"http://127.0.0.1:{upstream_port}/healthz", timeout=2)
 
 
+
+def test_make_run_keeps_its_upstream_while_workers_are_recycled():
+    # Workers are forked from the master that started the upstream; one that exits must not stop it.
+    port, upstream_port = free_port(), free_port()
+    env = {"PORT": str(port), "UPSTREAM_PORT": str(upstream_port), "API_URL": "",
+           "WEB_WORKERS": "2", "WEB_THREADS": "4", "MAX_REQUESTS": "5", "FILE_DELAY_MS": "0",
+           "DB_DELAY_MS": "0", "API_DELAY_MS": "0"}
+    service = Service(["make", "--no-print-directory", "run"], port, env)
+    try:
+        statuses = [requests.get(service.url + "/", timeout=10).status_code for _ in range(30)]
+    finally:
+        service.stop(signal.SIGTERM)
+    assert statuses == [200] * 30
+
+
 def test_workers_are_pinned_to_cpus_of_their_own_and_pool_processes_are_not(server):
     cpus = os.sched_getaffinity(server.proc.pid)
     workers = worker_pids(server)
