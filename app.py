@@ -5,10 +5,12 @@ gunicorn builds it with `create_app()` (gunicorn.conf.py's wsgi_app); importing 
 import logging
 import time
 
-from flask import Blueprint, Flask, current_app, g, jsonify, request
+from flask import Blueprint, Flask, current_app, g, jsonify, make_response, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
+import openapi
+import pages
 import telemetry
 from config import Config
 from pools import PoolRestarted, Pools, Saturated
@@ -108,8 +110,10 @@ def _finish_request(response):
 
 @bp.get("/")
 def index():
-    """Read the file, the database and the API, concurrently (default) or one after another."""
+    """Read the file, the database and the API, concurrently (default) or one after another;
+    JSON, or a page with a waterfall of the reads for a browser."""
     mode = _choice("mode", READ_MODES)
+    _choice("format", pages.FORMATS)
     sources = current_app.extensions["sources"]
     outcomes = current_app.extensions["pools"].gather(
         {name: source.read for name, source in sources.items()}, g.deadline,
@@ -125,9 +129,14 @@ def index():
         body["errors"] = errors
         timed_out = any(isinstance(o.error, TimeoutError) for o in outcomes.values())
         status = 504 if timed_out else 502
-    response = jsonify(body)
-    response.status_code = status
+    if pages.wants_html():
+        page = pages.index_page(mode, READ_MODES, outcomes, timings, errors, g.arrived)
+        response = make_response(page, status)
+    else:
+        response = jsonify(body)
+        response.status_code = status
     response.headers["Server-Timing"] = ", ".join(f"{k};dur={v}" for k, v in timings.items())
+    response.vary.add("Accept")  # a cache must not give a browser's page to an API client
     return response
 
 
@@ -180,6 +189,12 @@ def readyz():
     return response
 
 
+@bp.get("/openapi.json")
+def openapi_document():
+    """The OpenAPI 3.1 document of this API."""
+    return jsonify(openapi.document(current_app.config))
+
+
 @bp.get("/metrics")
 def metrics():
     """Prometheus metrics of all workers."""
@@ -224,9 +239,13 @@ def _retry_after():
 
 
 def _error(status, message, headers=()):
-    response = jsonify({"error": message, "status": status})
-    response.status_code = status
+    if pages.wants_html():
+        response = make_response(pages.error_page(status, message), status)
+    else:
+        response = jsonify({"error": message, "status": status})
+        response.status_code = status
     response.headers.update(headers)
+    response.vary.add("Accept")
     return response
 
 

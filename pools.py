@@ -39,11 +39,13 @@ _instances = weakref.WeakSet()
 
 @dataclass
 class Outcome:
-    """What one source call gave: a value, or the error that replaced it, and how long it took."""
+    """What one source call gave: a value, or the error that replaced it; when it started
+    (time.monotonic()) and how long it took."""
 
     value: object = None
     error: BaseException | None = None
     elapsed_ms: float = 0.0
+    started: float = 0.0
 
 
 class Saturated(Exception):
@@ -153,7 +155,8 @@ class Pools:
             else:
                 future.cancel()
                 outcomes[name] = Outcome(error=TimeoutError("no answer within the deadline"),
-                                         elapsed_ms=(time.monotonic() - start) * 1000)
+                                         elapsed_ms=(time.monotonic() - start) * 1000,
+                                         started=start)
                 _record(name, "timeout", outcomes[name])
         return {name: outcomes[name] for name in calls}
 
@@ -224,12 +227,12 @@ def shutdown_all():
 
 
 def _timed(name, call, deadline):
-    start = time.perf_counter()
+    start = time.monotonic()
     try:
-        outcome = Outcome(value=call(deadline))
+        outcome = Outcome(value=call(deadline), started=start)
     except Exception as exc:  # a source's failure is reported, not raised, so the others survive
-        outcome = Outcome(error=exc)
-    outcome.elapsed_ms = (time.perf_counter() - start) * 1000
+        outcome = Outcome(error=exc, started=start)
+    outcome.elapsed_ms = (time.monotonic() - start) * 1000
     _record(name, "ok" if outcome.error is None else "error", outcome)
     return outcome
 

@@ -8,7 +8,6 @@ import argparse
 import os
 import platform
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -21,9 +20,7 @@ import requests
 
 from bench.workloads import SEED_NUMBER, SEED_WORKLOAD
 from config import Config
-from dev.harness import ROOT, Service, deployment, descendants, free_port
-
-REPORTS = ROOT / "reports"
+from dev.harness import REPORTS, Service, deployment, descendants, ensure_installed, free_port
 CONCURRENCY = (1, 50, 200, 500)
 FLOOR_S = 0.300  # the slowest read of the seed profile
 WRK_TIMEOUT_S = 10
@@ -35,18 +32,6 @@ DISPATCH_RUN_S = 2
 # The seed app keeps the seed's 6-thread pool; its gunicorn gets threads enough for every client,
 # so what limits it is that pool, not the server.
 SEED_THREADS = 256
-
-
-def ensure_wrk():
-    """Return the path of wrk, installing Debian's package if it is missing."""
-    if not shutil.which("wrk") and shutil.which("apt-get") and os.geteuid() == 0:
-        subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True,
-                       stdout=subprocess.DEVNULL)
-    path = shutil.which("wrk")
-    if path is None:
-        sys.exit("wrk is needed: apt-get install wrk")
-    return path
 
 
 def wrk(url, connections, seconds, settle_s=None):
@@ -295,7 +280,8 @@ def main(argv=None):
                         help="length of each wrk run")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args(argv)
-    ensure_wrk()
+    if not ensure_installed("wrk", "wrk"):
+        sys.exit("wrk is needed: apt-get install wrk")
     with tempfile.TemporaryDirectory() as data_dir:
         results = measure(args.seconds, data_dir)
     print(write_report(results, args.seconds))

@@ -7,12 +7,12 @@ import subprocess
 import sys
 import tempfile
 
-from dev.harness import ROOT, deployment
+from dev.harness import REPORTS, ROOT, deployment
 
 
 def main(argv=None):
     """Run one bounded load run against 127.0.0.1; return locust's exit code."""
-    (ROOT / "reports").mkdir(exist_ok=True)
+    REPORTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as data_dir:
         with deployment(data_dir, LOG_LEVEL="warning") as (service, _upstream):
             command = [sys.executable, "-m", "locust", "--config", "locust.conf",

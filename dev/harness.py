@@ -5,6 +5,7 @@ Every process is started in a session of its own, so stopping it also stops what
 """
 import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,9 +20,20 @@ import requests
 from config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
+REPORTS = ROOT / "reports"
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 40.0
 _running = set()
+
+
+def ensure_installed(command, *packages):
+    """Return the path of `command`, installing Debian's `packages` first when it is missing
+    (as root, with apt-get); None if it is still missing."""
+    if not shutil.which(command) and shutil.which("apt-get") and os.geteuid() == 0:
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True,
+                       stdout=subprocess.DEVNULL)
+    return shutil.which(command)
 
 
 def free_port():

@@ -1,9 +1,12 @@
 """The routes through Flask's test client, with the real sources and pools."""
 import json
 import time
+from urllib.parse import quote
 
 import gmpy2
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from serving import worker
 
@@ -190,3 +193,16 @@ def test_full_process_pool_gives_503(app, client):
         for _ in range(gate.capacity):
             gate.leave()
     assert response.status_code == 503 and "process pool is full" in response.get_json()["error"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.one_of(st.text(max_size=40), st.from_regex(r"[0-9,+-]{0,40}", fullmatch=True)))
+def test_any_path_gets_answers_or_a_json_4xx(client, text):
+    response = client.get("/is_prime/" + quote(text, safe=","))
+    body = response.get_json()
+    if response.status_code == 200:
+        assert set(body) == {gmpy2.mpz(item).digits(10) for item in text.split(",")}
+        assert all(isinstance(answer, bool) for answer in body.values())
+    else:
+        assert response.status_code in (400, 404, 413)
+        assert body["status"] == response.status_code and body["error"]

@@ -4,6 +4,8 @@ import random
 import gmpy2
 import pytest
 import sympy
+from hypothesis import given
+from hypothesis import strategies as st
 
 from services import primes
 
@@ -140,3 +142,19 @@ def test_split_by_cost_balances_and_covers_every_position():
 
 def test_split_by_cost_never_makes_empty_groups():
     assert primes.split_by_cost([gmpy2.mpz(5)], 8) == [[0]]
+
+
+# Text that is often an integer, sometimes nearly one, sometimes anything at all.
+ITEMS = st.one_of(st.from_regex(r"[+-]?[0-9]{1,30}", fullmatch=True),
+                  st.from_regex(r"[ +-]?[0-9_.٣x]{0,6}", fullmatch=True), st.text(max_size=12))
+
+
+@given(st.lists(ITEMS, max_size=12))
+def test_any_items_give_canonical_numbers_or_a_4xx(items):
+    try:
+        numbers = primes.parse_items(items, max_items=10, max_digits=25)
+    except primes.InputError as exc:
+        assert 400 <= exc.status < 500 and str(exc)
+    else:
+        assert set(numbers) == {gmpy2.mpz(item).digits(10) for item in items}
+        assert all(key == value.digits(10) for key, value in numbers.items())
