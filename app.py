@@ -2,6 +2,7 @@
 
 gunicorn builds it with `create_app()` (gunicorn.conf.py's wsgi_app); importing this builds nothing.
 """
+import json
 import logging
 import time
 
@@ -15,6 +16,7 @@ import telemetry
 from config import Config
 from pools import PoolRestarted, Pools, Saturated
 from serving import worker
+from serving.admission import is_work
 from services import primes
 from services.api import ApiSource
 from services.db import DbSource
@@ -24,8 +26,6 @@ bp = Blueprint("service", __name__)
 READ_MODES = ("concurrent", "sequential")
 PRIME_MODES = ("auto", "inline", "process")
 LOGGED_ERRORS = {500, 502, 504}
-# Routes that do work: a request for one that waited too long for a thread is shed with a 503.
-WORK_ENDPOINTS = {"service.index", "service.is_prime_get", "service.is_prime_post"}
 # The request thread runs this source's read itself while the thread pool runs the others: it
 # would only wait otherwise. The slowest read, so the others finish while it runs.
 READ_IN_REQUEST_THREAD = "api"
@@ -42,9 +42,43 @@ class OrderedJSONProvider(DefaultJSONProvider):
         return self._app.response_class(self.dumps(obj), mimetype=self.mimetype)
 
 
+class ShedBeforeApp:
+    """WSGI middleware: answers 503 for a work request that waited longer than
+    MAX_QUEUE_WAIT_S for a thread, without running Flask (serving/admission.py says which
+    waiting request a thread takes, so that the others are the ones that wait)."""
+
+    def __init__(self, wsgi_app, config, queued_since):
+        self._app = wsgi_app
+        self._config = config  # read per request: tests and operators may change it live
+        self._queued_since = queued_since
+
+    def __call__(self, environ, start_response):
+        """Refuse, or pass the request on to the app."""
+        stamp = self._queued_since()
+        if stamp and is_work(environ.get("PATH_INFO", "")):
+            waited = time.monotonic() - stamp
+            if waited > self._config["MAX_QUEUE_WAIT_S"]:
+                return self._refuse(environ, start_response, waited)
+        return self._app(environ, start_response)
+
+    def _refuse(self, environ, start_response, waited):
+        telemetry.REJECTED.labels("queue_wait").inc()
+        message = f"overloaded: waited {waited:.2f} s for a thread; retry shortly"
+        body = json.dumps({"error": message, "status": 503}).encode()
+        request_id = telemetry.set_request_id(environ.get("HTTP_X_REQUEST_ID"))
+        start_response("503 Service Unavailable", [
+            ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+            ("Retry-After", str(self._config["RETRY_AFTER_S"])),
+            (telemetry.REQUEST_ID_HEADER, request_id)])
+        return [body]
+
+
 def create_app(test_config=None):
     """Create the app: config from the environment (or `test_config`), its sources and pools."""
     app = Flask(__name__)
+    # "/is_prime//" would otherwise be a 308 redirect whose body is an error; a "/" inside the
+    # numbers is simply no route (404). Found by tests/test_app.py's property test.
+    app.url_map.merge_slashes = False
     app.config.from_object(Config)
     if test_config:
         app.config.update(test_config)
@@ -72,6 +106,7 @@ def create_app(test_config=None):
     )
 
     app.register_blueprint(bp)
+    app.wsgi_app = ShedBeforeApp(app.wsgi_app, app.config, worker.queued_since)
     app.before_request(_start_request)
     app.after_request(_finish_request)
     app.register_error_handler(HTTPException, _http_error)
@@ -88,11 +123,6 @@ def _start_request():
     # The budget starts when gunicorn queued the request, not when a thread picked it up.
     g.arrived = worker.queued_since() or time.monotonic()
     g.deadline = g.arrived + current_app.config["REQUEST_TIMEOUT_S"]
-    waited = time.monotonic() - g.arrived
-    if request.endpoint in WORK_ENDPOINTS and waited > current_app.config["MAX_QUEUE_WAIT_S"]:
-        telemetry.REJECTED.labels("queue_wait").inc()
-        return _error(503, f"overloaded: waited {waited:.2f} s for a thread; retry shortly",
-                      _retry_after())
 
 
 def _finish_request(response):

@@ -1,9 +1,13 @@
-"""gunicorn's gthread worker with two additions, each made through methods gthread offers.
+"""gunicorn's gthread worker with three additions, each made through methods gthread offers.
 
 Queue stamps. gthread hands every readable connection to a ThreadPoolExecutor whose queue has no
 bound; a request that waits there is invisible to the app, so under overload latency would grow
 with no sign. `get_thread_pool` returns an executor that stamps each hand-off: the app counts the
 wait (`queued_since`) against the request's deadline and sheds what is already too late.
+
+Adaptive LIFO. The same executor's queue serves the oldest request first while it keeps
+emptying, and the newest once it is congested; a request that waited past MAX_QUEUE_WAIT_S is
+refused before the app runs (serving/admission.py).
 
 Accept hold-back. Workers share one listening socket and the quickest to wake wins each
 connection, so a worker pinned beside the load generator got 31 of 200 kept-alive connections
@@ -24,6 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from gunicorn.workers.gthread import ThreadWorker
 
+from config import Config
+from serving import admission
+
 _local = threading.local()
 ACCEPT_YIELD_S = 0.01
 
@@ -40,7 +47,8 @@ class QueueTimedThreadWorker(ThreadWorker):
     _yield_until = 0.0
 
     def get_thread_pool(self):
-        """Return gthread's executor, with each task stamped when it is queued."""
+        """Return gthread's executor: each task stamped when it is queued, and queued in an
+        AdaptiveLifoQueue."""
         return _StampingExecutor(max_workers=self.cfg.threads, thread_name_prefix="request")
 
     def accept(self, listener):
@@ -62,11 +70,32 @@ class QueueTimedThreadWorker(ThreadWorker):
         super().set_accept_enabled(enabled)
 
     def wait_for_and_dispatch_events(self, timeout):
-        """Wait for events as gthread does, but wake up when a hold-back ends."""
+        """Wait for events as gthread does, but wake up when a hold-back ends; then refuse the
+        requests that waited too long."""
         left = self._yield_until - time.monotonic()
         if left > 0:
             timeout = min(timeout, left)
         super().wait_for_and_dispatch_events(timeout)
+        self._refuse_expired()
+
+    def _refuse_expired(self):
+        # A refusal here costs a peek, a read and a write; through a request thread, gunicorn's
+        # parser and the WSGI middleware, several times that (docs/performance.md).
+        work_queue = self.tpool._work_queue
+        for queued_at, item in work_queue.pop_expired():
+            _, _, conn = item.args  # _run_stamped(stamp, self.handle, conn)
+            try:
+                plain = (conn.initialized and not conn.parser.unreader.buf.getvalue()
+                         and admission.refuse_plain_request(
+                             conn.sock, time.monotonic() - queued_at, Config.RETRY_AFTER_S))
+            except OSError:  # the client went away: finish_request closes the connection
+                plain, answered = True, False
+            else:
+                answered = True
+            if not plain:
+                work_queue.put_back(queued_at, item)
+            elif item.future.set_running_or_notify_cancel():
+                item.future.set_result(answered)  # gthread's finish_request keeps it alive
 
     def _drain(self, listener):
         while self.nr_conns < self.worker_connections:
@@ -81,6 +110,12 @@ class QueueTimedThreadWorker(ThreadWorker):
 
 
 class _StampingExecutor(ThreadPoolExecutor):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # The stdlib offers no hook for the queue: its threads take work from _work_queue
+        # (put, get, get_nowait), which no thread has touched yet.
+        self._work_queue = admission.AdaptiveLifoQueue(Config.MAX_QUEUE_WAIT_S)
+
     def submit(self, fn, /, *args, **kwargs):
         return super().submit(_run_stamped, time.monotonic(), fn, *args, **kwargs)
 

@@ -5,6 +5,7 @@ from urllib.parse import quote
 
 import gmpy2
 import pytest
+from flask import request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -160,16 +161,21 @@ def test_request_id_is_echoed_or_made(client):
     assert len(client.get("/healthz").headers["X-Request-ID"]) == 32
 
 
-def test_a_request_queued_too_long_is_shed_with_503(client):
+def test_a_request_queued_too_long_is_shed_with_503_before_flask(app, client):
+    app.config["MAX_QUEUE_WAIT_S"] = 0.25
+    flask_saw = []
+    app.before_request(lambda: flask_saw.append(request.path))
     worker._local.queued_since = time.monotonic() - 1.0
     try:
-        response = client.get("/is_prime/7")
+        response = client.get("/is_prime/7", headers={"X-Request-ID": "shed-1"})
         health = client.get("/healthz")
     finally:
         worker._local.queued_since = None
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert "overloaded" in response.get_json()["error"]
+    assert response.headers["X-Request-ID"] == "shed-1"
     assert health.status_code == 200  # liveness is never shed
+    assert flask_saw == ["/healthz"]
 
 
 def test_a_request_whose_budget_ran_out_in_the_queue_gets_504(app, client):

@@ -8,7 +8,8 @@ import pytest
 from dev.harness import ROOT, free_port
 from tests.conftest import start_gunicorn
 
-RUN = ["--users", "10", "--spawn-rate", "10", "--run-time", "4s"]
+# Long enough that every task, even the rarest (1 in 8 of the prime user's), is sure to run.
+RUN = ["--users", "20", "--spawn-rate", "20", "--run-time", "6s"]
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,15 @@
 """The gthread worker: queue stamps and the accept hold-back."""
-import os
 import selectors
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
 
 import pytest
 
+from dev.harness import ROOT
 from serving import worker
 
 
@@ -63,6 +65,7 @@ def busy_worker():
     fake.cfg, fake.worker_connections, fake.nr_conns = Cfg(), 10, 1
     fake.keepalived_conns, fake.pending_conns, fake._accepting = deque(), deque(), False
     fake.poller = selectors.DefaultSelector()
+    fake.tpool = worker._StampingExecutor(max_workers=1)
     fake.accepted = []
     fake.enqueue_req = fake.accepted.append
     listener = socket.create_server(("127.0.0.1", 0))
@@ -73,6 +76,7 @@ def busy_worker():
     for sock in clients + [conn.sock for conn in fake.accepted] + [listener]:
         sock.close()
     fake.poller.close()
+    fake.tpool.shutdown()
 
 
 def connect(listener, clients, n):
@@ -125,3 +129,12 @@ def test_a_hold_back_wakes_the_loop_when_it_ends(busy_worker):
     start = time.monotonic()
     fake.wait_for_and_dispatch_events(timeout=1.0)
     assert worker.ACCEPT_YIELD_S * 0.5 <= time.monotonic() - start < 0.5
+
+
+def test_the_worker_class_does_not_import_prometheus_client():
+    # gunicorn's master imports the worker class before it sets PROMETHEUS_MULTIPROC_DIR: an
+    # import of prometheus_client then would leave every worker counting for itself alone.
+    code = "import sys, serving.worker; print('prometheus_client' in sys.modules)"
+    output = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, check=True, timeout=30).stdout
+    assert output.strip() == "False"

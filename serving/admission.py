@@ -1,0 +1,152 @@
+"""Overload: which waiting request a free thread takes, and refusing before the app runs.
+
+    gthread main thread         request queue (AdaptiveLifoQueue)       request thread
+    -------------------         ---------------------------------       --------------
+    a request is readable -->   stamped, queued                    -->  app.ShedBeforeApp
+                                a thread takes, in this order:             waited too long:
+                                  the oldest, if it waited past                503, no Flask
+                                    MAX_QUEUE_WAIT_S (to be refused)       else: Flask
+                                  the oldest, while the queue keeps
+                                    emptying (FIFO: fair, all in time)
+                                  the newest, once it has not emptied
+                                    for CONGESTION_S (LIFO)
+
+Under overload a FIFO queue makes every request wait as long as the queue is deep: once that
+passes the deadline, every request is too late and the goodput collapses. Adaptive LIFO (Maurer,
+"Fail at Scale", ACM Queue 2015: Facebook's servers) serves the newest first while the queue is
+congested, so what is served is served in time, and the requests left at the bottom are refused
+once they have waited MAX_QUEUE_WAIT_S, which bounds every answer. As in CoDel (Nichols and
+Jacobson, "Controlling Queue Delay", 2012), congestion is a queue that has not emptied for a
+while, and what is bounded is the time a request waits, not the length of the queue.
+
+Refusing at arrival instead (a concurrency limit, as in Netflix's concurrency-limits or Envoy's
+adaptive concurrency) answers faster, but a client that retries at once (wrk does, ignoring
+Retry-After) then spends the CPU on a storm of refusals: measured here, it gave fewer 200s at
+1000 and 2000 clients (docs/performance.md). A refused request waits, and costs one 503 that
+never reaches Flask. Routes that do no work (/healthz, /readyz, /metrics, /openapi.json) are never
+refused. This module is imported with the worker class by gunicorn's master, before the
+environment for prometheus_client is set (gunicorn.conf.py), so it must not import telemetry.
+"""
+import collections
+import json
+import queue
+import socket
+import threading
+import time
+
+# A queue that has not been empty for this long is congested, and the newest request goes first.
+CONGESTION_S = 0.1
+# A request head longer than this is not refused in the poller thread, but by a request thread.
+PLAIN_REQUEST_BYTES = 4096
+
+
+def is_work(path):
+    """Whether a request path does work (reads or prime checks: app.py's / and /is_prime
+    routes) and so may be refused."""
+    return path == "/" or path.startswith("/is_prime")
+
+
+def refuse_plain_request(sock, waited_s, retry_after_s):
+    """Answer 503 on a kept-alive connection whose socket holds exactly one whole GET (no body,
+    HTTP/1.1, keep-alive): read it, answer, return True. Return False, having read nothing, for
+    anything else, which a request thread then refuses through gunicorn and ShedBeforeApp.
+
+    Called from the poller thread for requests that waited too long: no hand-off to a thread and
+    no HTTP parser, a peek, a read and a write. Raises OSError if the client went away."""
+    import telemetry  # here, in a worker: gunicorn's master imports this module too early
+
+    head = sock.recv(PLAIN_REQUEST_BYTES, socket.MSG_PEEK)
+    end = head.find(b"\r\n\r\n")
+    if end < 0 or len(head) != end + 4:  # not all here yet, or a body or a next request behind
+        return False
+    request_line, _, header_lines = head[:end].decode("latin-1").partition("\r\n")
+    method, _, rest = request_line.partition(" ")
+    target, _, version = rest.rpartition(" ")
+    lowered = header_lines.lower()
+    if (method != "GET" or version != "HTTP/1.1" or not is_work(target.partition("?")[0])
+            or "content-length" in lowered or "transfer-encoding" in lowered
+            or "connection: close" in lowered or "upgrade" in lowered):
+        return False
+    sock.recv(end + 4)
+    telemetry.REJECTED.labels("queue_wait").inc()
+    request_id = telemetry.set_request_id(_request_id(header_lines, lowered))
+    body = json.dumps({"error": f"overloaded: waited {waited_s:.2f} s for a thread; retry "
+                                "shortly", "status": 503}).encode()
+    sock.sendall(f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(body)}\r\nRetry-After: {retry_after_s}\r\n"
+                 f"{telemetry.REQUEST_ID_HEADER}: {request_id}\r\n\r\n".encode("latin-1") + body)
+    return True
+
+
+def _request_id(header_lines, lowered):
+    """The X-Request-ID of the raw header lines, or None."""
+    if "x-request-id" not in lowered:
+        return None
+    for line in header_lines.split("\r\n"):
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "x-request-id":
+            return value.strip()
+    return None
+
+
+class AdaptiveLifoQueue:
+    """The work queue of a ThreadPoolExecutor (put, get, get_nowait, qsize): FIFO while it keeps
+    emptying, newest first once congested, and an item that waited past `max_wait_s` first of all
+    (its request is then refused at once)."""
+
+    def __init__(self, max_wait_s):
+        self._max_wait_s = max_wait_s
+        self._items = collections.deque()  # (time queued, item), oldest on the left
+        self._ready = threading.Condition(threading.Lock())
+        self._empty_at = time.monotonic()
+
+    def put(self, item, block=True, timeout=None):
+        """Queue an item (never blocks: the queue has no bound)."""
+        with self._ready:
+            now = time.monotonic()
+            if not self._items:
+                self._empty_at = now
+            self._items.append((now, item))
+            self._ready.notify()
+
+    def get(self, block=True, timeout=None):
+        """Take the next item, as the class says; wait for one if `block`."""
+        with self._ready:
+            if not self._ready.wait_for(lambda: self._items, timeout if block else 0):
+                raise queue.Empty
+            now = time.monotonic()
+            queued_at, item = self._items[0]
+            if (now - self._empty_at < CONGESTION_S
+                    or now - queued_at > self._max_wait_s):
+                self._items.popleft()
+            else:
+                _, item = self._items.pop()
+            if not self._items:
+                self._empty_at = now
+            return item
+
+    def pop_expired(self):
+        """Take every request that waited past `max_wait_s`, oldest first, as (time, item)."""
+        with self._ready:
+            now = time.monotonic()
+            expired = []
+            while self._items and self._items[0][1] is not None \
+                    and now - self._items[0][0] > self._max_wait_s:
+                expired.append(self._items.popleft())
+            if expired and not self._items:
+                self._empty_at = now
+            return expired
+
+    def put_back(self, queued_at, item):
+        """Return an item taken by pop_expired to the bottom, where a thread takes it first."""
+        with self._ready:
+            self._items.appendleft((queued_at, item))
+            self._ready.notify()
+
+    def get_nowait(self):
+        """Take the next item, or raise queue.Empty."""
+        return self.get(block=False)
+
+    def qsize(self):
+        """Items waiting."""
+        return len(self._items)

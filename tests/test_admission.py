@@ -1,0 +1,111 @@
+"""Which waiting request a free thread takes: FIFO, adaptive LIFO, and the expired first."""
+import json
+import queue
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from serving import admission
+
+LONG_WAIT_S = 10.0
+
+
+def congested(items, max_wait_s=LONG_WAIT_S):
+    """A queue holding `items` that has not been empty for longer than CONGESTION_S."""
+    lifo = admission.AdaptiveLifoQueue(max_wait_s)
+    lifo.put("first")
+    time.sleep(admission.CONGESTION_S * 1.5)
+    for item in items:
+        lifo.put(item)
+    return lifo
+
+
+def test_a_queue_that_keeps_emptying_is_fifo():
+    lifo = admission.AdaptiveLifoQueue(LONG_WAIT_S)
+    for item in "abc":
+        lifo.put(item)
+    assert [lifo.get() for _ in range(3)] == ["a", "b", "c"]
+
+
+def test_a_congested_queue_serves_the_newest_first():
+    lifo = congested(["b", "c"])
+    assert [lifo.get(), lifo.get()] == ["c", "b"]
+
+
+def test_a_request_that_waited_too_long_goes_first_to_be_refused():
+    lifo = congested(["b", "c"], max_wait_s=admission.CONGESTION_S)
+    assert lifo.get() == "first" and lifo.get() == "c"
+
+
+def test_an_empty_queue_raises_empty_without_blocking():
+    with pytest.raises(queue.Empty):
+        admission.AdaptiveLifoQueue(LONG_WAIT_S).get_nowait()
+
+
+def test_an_executor_runs_and_shuts_down_on_it():
+    executor = ThreadPoolExecutor(2)
+    executor._work_queue = admission.AdaptiveLifoQueue(LONG_WAIT_S)
+    futures = [executor.submit(pow, 2, n) for n in range(20)]
+    assert [f.result(timeout=5) for f in futures] == [2**n for n in range(20)]
+    executor.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.mark.parametrize("path, work", [
+    ("/", True), ("/is_prime/7", True), ("/is_prime", True),
+    ("/healthz", False), ("/readyz", False), ("/metrics", False), ("/openapi.json", False),
+])
+def test_only_work_is_refused(path, work):
+    assert admission.is_work(path) is work
+
+
+def test_pop_expired_takes_only_what_waited_too_long_and_put_back_returns_it_first():
+    lifo = admission.AdaptiveLifoQueue(max_wait_s=admission.CONGESTION_S)
+    lifo.put("old")
+    time.sleep(admission.CONGESTION_S * 1.5)
+    lifo.put("new")
+    [(queued_at, item)] = lifo.pop_expired()
+    assert item == "old" and lifo.qsize() == 1
+    lifo.put_back(queued_at, item)
+    assert lifo.get() == "old"
+
+
+@pytest.fixture
+def connection():
+    """(server side, client side) of a real connected socket pair."""
+    server, client = socket.socketpair()
+    yield server, client
+    server.close()
+    client.close()
+
+
+def test_a_plain_get_is_refused_in_place_and_read_whole(connection):
+    server, client = connection
+    client.sendall(b"GET /?mode=concurrent HTTP/1.1\r\nHost: x\r\nX-Request-ID: r-1\r\n\r\n")
+    time.sleep(0.05)
+    assert admission.refuse_plain_request(server, 1.23, 1) is True
+    head, _, body = client.recv(4096).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in head
+    assert b"X-Request-ID: r-1" in head
+    assert json.loads(body) == {"error": "overloaded: waited 1.23 s for a thread; retry shortly",
+                                "status": 503}
+    server.setblocking(False)
+    with pytest.raises(BlockingIOError):  # the request was read, and nothing more
+        server.recv(1)
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"POST /is_prime HTTP/1.1\r\nContent-Length: 3\r\n\r\n[7]",  # a body
+    b"GET / HTTP/1.1\r\nHost: x\r\n",  # not all here yet
+    b"GET /healthz HTTP/1.1\r\n\r\n",  # never refused
+    b"GET / HTTP/1.0\r\n\r\n",  # no keep-alive by default
+    b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n",  # a second request behind
+])
+def test_anything_else_is_left_unread_for_a_request_thread(connection, request_bytes):
+    server, client = connection
+    client.sendall(request_bytes)
+    time.sleep(0.05)
+    assert admission.refuse_plain_request(server, 1.5, 1) is False
+    assert server.recv(4096) == request_bytes
