@@ -79,9 +79,9 @@ class Config:
     UPSTREAM_START = env_bool("UPSTREAM_START", False)
 
     # Time budget of one request, counted from when gunicorn queued it; every read gets what is
-    # left. A request whose predicted wait for a thread is longer than MAX_QUEUE_WAIT_S is
-    # refused with a 503 at once (serving/admission.py): with the default, at most 1 s of the
-    # 2 s goes to waiting, and an admitted GET / (0.3 s of reads) answers well within the budget.
+    # left. Under overload a worker serves the newest waiting request first, and refuses (503,
+    # before Flask) one that has waited longer than MAX_QUEUE_WAIT_S (serving/admission.py): at
+    # most 1 s of the 2 s goes to waiting, and a GET / served after it (0.3 s) is still in time.
     REQUEST_TIMEOUT_S = env_float("REQUEST_TIMEOUT_S", 2.0)
     MAX_QUEUE_WAIT_S = env_float("MAX_QUEUE_WAIT_S", 1.0)
     RETRY_AFTER_S = env_int("RETRY_AFTER_S", 1)

@@ -6,8 +6,9 @@ with no sign. `get_thread_pool` returns an executor that stamps each hand-off: t
 wait (`queued_since`) against the request's deadline and sheds what is already too late.
 
 Adaptive LIFO. The same executor's queue serves the oldest request first while it keeps
-emptying, and the newest once it is congested; a request that waited past MAX_QUEUE_WAIT_S is
-refused before the app runs (serving/admission.py).
+emptying, and the newest once it is congested. A request that waited past MAX_QUEUE_WAIT_S is
+refused before the app runs: by this worker's poller thread after each turn of its loop when it
+is a plain keep-alive GET, or else by a request thread (serving/admission.py).
 
 Accept hold-back. Workers share one listening socket and the quickest to wake wins each
 connection, so a worker pinned beside the load generator got 31 of 200 kept-alive connections

@@ -76,26 +76,25 @@ def test_the_page_shows_results_and_a_waterfall_and_concurrent_beats_sequential(
     assert sequential >= 600 > concurrent  # file 100 + db 200 + api 300 ms, or the slowest
 
 
-def test_the_form_checks_numbers_with_is_prime(browser, server):
+def check_in_form(browser, server, numbers, answer_selector):
+    """Type `numbers` into the page's form, press Check, and return the answers that appear."""
     browser.get(server.url + "/")
     field = browser.find_element(By.ID, "numbers")
     field.clear()
-    field.send_keys("1, 2, 3, 97")
+    field.send_keys(numbers)
     browser.find_element(By.CSS_SELECTOR, "#prime-form button").click()
-    answers = WebDriverWait(browser, WAIT_S).until(
-        lambda b: b.find_elements(By.CSS_SELECTOR, "#prime-answers li"))
+    return WebDriverWait(browser, WAIT_S).until(
+        lambda b: b.find_elements(By.CSS_SELECTOR, answer_selector))
+
+
+def test_the_form_checks_numbers_with_is_prime(browser, server):
+    answers = check_in_form(browser, server, "1, 2, 3, 97", "#prime-answers li")
     assert [a.text for a in answers] == ["1: not prime", "2: prime", "3: prime", "97: prime"]
     browser.save_screenshot(str(harness.REPORTS / "page.png"))  # the README's picture
 
 
 def test_a_bad_number_in_the_form_shows_the_error(browser, server):
-    browser.get(server.url + "/")
-    field = browser.find_element(By.ID, "numbers")
-    field.clear()
-    field.send_keys("7,x")
-    browser.find_element(By.CSS_SELECTOR, "#prime-form button").click()
-    answers = WebDriverWait(browser, WAIT_S).until(
-        lambda b: b.find_elements(By.CSS_SELECTOR, "#prime-answers li.error"))
+    answers = check_in_form(browser, server, "7,x", "#prime-answers li.error")
     assert answers[0].text.startswith("400: item 2")
 
 
