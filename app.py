@@ -103,6 +103,8 @@ def create_app(test_config=None):
         thread_queue=cfg["THREAD_QUEUE_LIMIT"],
         process_queue=cfg["PROCESS_QUEUE_LIMIT"],
         process_preload=[primes.__name__],
+        cpu_executor=cfg["CPU_EXECUTOR"],
+        connect_timeout_s=cfg["READY_TIMEOUT_S"],
     )
 
     app.register_blueprint(bp)
@@ -206,7 +208,7 @@ def readyz():
     checks = {}
     try:
         pools.map_cpu(primes.check_batch, [[2]], deadline)
-        checks["process_pool"] = "ok"
+        checks["process_pool" if pools.dask_address is None else "dask_scheduler"] = "ok"
         outcomes = pools.gather({n: s.check for n, s in sources.items()}, deadline,
                                 run_here=READ_IN_REQUEST_THREAD)
         checks["thread_pool"] = "ok"

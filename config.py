@@ -92,6 +92,9 @@ class Config:
     # so a read never waits for a thread.
     THREAD_POOL_SIZE = env_int("THREAD_POOL_SIZE", 0)
     PROCESS_POOL_SIZE = env_int("PROCESS_POOL_SIZE", os.cpu_count() or 1)
+    # Where prime checks run: "process" (this worker's pool) or dask://HOST:PORT, a Dask
+    # scheduler (serving/dask_executor.py); PROCESS_POOL_SIZE still sets the chunks per batch.
+    CPU_EXECUTOR = env_str("CPU_EXECUTOR", "process")
     # Tasks a pool may hold beyond one per worker before it answers 503 (the stdlib's queues
     # have no bound). A sized thread pool needs no queue; CPU work waits at most a few chunks.
     THREAD_QUEUE_LIMIT = env_int("THREAD_QUEUE_LIMIT", 0)

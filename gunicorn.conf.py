@@ -18,7 +18,7 @@ import shutil
 import tempfile
 
 from config import Config
-from serving import pinning
+from serving import dask_executor, pinning
 
 # What to serve: the app factory, so importing app.py builds nothing (flaskr's create_app).
 wsgi_app = "app:create_app()"
@@ -76,8 +76,11 @@ _upstream = None
 
 
 def on_starting(server):
-    """Empty the metrics directory, seed the database once, and start the upstream if asked to."""
+    """Check CPU_EXECUTOR, empty the metrics directory, seed the database once, and start the
+    upstream if asked to."""
     from services.db import init_db
+
+    dask_executor.parse(Config.CPU_EXECUTOR)  # a bad setting stops gunicorn here, saying why
 
     os.makedirs(_metrics_dir, exist_ok=True)
     for name in os.listdir(_metrics_dir):

@@ -31,7 +31,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import telemetry
-from serving import pool_child
+from serving import dask_executor, pool_child
 from serving.per_process import PerProcess
 
 _instances = weakref.WeakSet()
@@ -94,23 +94,34 @@ class Pools:
     """Owns one ThreadPoolExecutor and one ProcessPoolExecutor per process, created lazily."""
 
     def __init__(self, thread_size, process_size, thread_queue=0, process_queue=0,
-                 process_preload=()):
+                 process_preload=(), cpu_executor="process", connect_timeout_s=1.0):
         self.thread_size = thread_size
         self.process_size = process_size
+        # The Dask scheduler's address, or None for this process's own pool (ValueError if the
+        # setting is neither).
+        self.dask_address = dask_executor.parse(cpu_executor)
+        self._connect_timeout_s = connect_timeout_s
         self._process_preload = [pool_child.__name__, *process_preload]
         # The CPUs this process may use now, before gunicorn.conf.py pins a worker to one of them.
         self._cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
         self._thread_gate = PerProcess(lambda: _Gate("thread", thread_size, thread_queue))
         self._process_gate = PerProcess(lambda: _Gate("process", process_size, process_queue))
         self._threads = PerProcess(self._new_thread_pool)
-        self._processes = PerProcess(self._new_process_pool)
+        self._processes = PerProcess(self._new_cpu_executor)
         _instances.add(self)
 
     def _new_thread_pool(self):
         telemetry.POOL_SIZE.labels("thread").set(self.thread_size)
         return ThreadPoolExecutor(self.thread_size, thread_name_prefix="read")
 
-    def _new_process_pool(self):
+    @property
+    def cpu_executor_kind(self):
+        """"dask" or "process": where map_cpu runs its chunks."""
+        return "process" if self.dask_address is None else dask_executor.SCHEME
+
+    def _new_cpu_executor(self):
+        if self.dask_address is not None:
+            return dask_executor.DaskExecutor(self.dask_address, self._connect_timeout_s)
         # forkserver, not fork: forking a multi-threaded gunicorn worker can copy a lock held by
         # another thread into the child, which then deadlocks.
         context = multiprocessing.get_context("forkserver")
@@ -124,7 +135,8 @@ class Pools:
         return self._threads.get()
 
     def process_pool(self):
-        """Return this process's process pool, creating it on first use."""
+        """Return this process's CPU executor (its process pool, or a Dask cluster's executor),
+        creating it on first use."""
         return self._processes.get()
 
     def gather(self, calls, deadline, *, run_here=None, sequential=False):
@@ -164,9 +176,14 @@ class Pools:
         """Return [fn(chunk) for chunk in chunks], each chunk in a pool process.
 
         Raises TimeoutError at the deadline (cancelling chunks not started), Saturated when the
-        pool is full, PoolRestarted when a child died.
+        pool is full, PoolRestarted when a child died or the Dask cluster failed the task or
+        cannot be reached.
         """
-        pool = self.process_pool()
+        try:
+            pool = self.process_pool()
+        except dask_executor.SchedulerUnavailable as exc:
+            raise PoolRestarted(str(exc)) from exc
+        telemetry.CPU_TASKS.labels(self.cpu_executor_kind).inc(len(chunks))
         try:
             futures = self._submit_all(pool, self._process_gate.get(),
                                        [(fn, chunk) for chunk in chunks])
@@ -181,6 +198,14 @@ class Pools:
                 telemetry.POOL_REBUILDS.inc()
                 pool.shutdown(wait=False, cancel_futures=True)
             raise PoolRestarted("a prime-check process died; the pool was rebuilt") from exc
+        except dask_executor.SchedulerUnavailable as exc:
+            # A Client that gave up reconnecting stays closed: the next call connects anew.
+            if self._processes.discard(pool):
+                pool.shutdown(wait=False, cancel_futures=True)
+            raise PoolRestarted(str(exc)) from exc
+        except getattr(pool, "lost_errors", ()) as exc:  # Dask: the cluster failed, not the task
+            raise PoolRestarted(f"the Dask cluster lost the task: {type(exc).__name__}: {exc}") \
+                from exc
         except RuntimeError as exc:
             # "cannot schedule new futures after shutdown": another thread found this pool
             # broken and replaced it between our process_pool() and submit().
@@ -204,8 +229,15 @@ class Pools:
         return futures
 
     def warm(self):
-        """Start both pools, and the process pool's forkserver and all its children, now."""
+        """Start both pools, and the process pool's forkserver and all its children, now (or
+        connect to the Dask scheduler, if it is there yet)."""
         self.thread_pool()
+        if self.dask_address is not None:
+            try:
+                self.process_pool()
+            except dask_executor.SchedulerUnavailable as exc:  # the next request tries again
+                telemetry.log.warning("%s", exc)
+            return
         # The executor starts a child for each task that finds none idle, so as many tasks at
         # once start every child: the first CPU-heavy requests need not wait for them.
         pool = self.process_pool()

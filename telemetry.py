@@ -46,6 +46,8 @@ POOL_SIZE = Gauge(
 REJECTED = Counter(
     "rejected_requests_total", "Requests answered 503 because the service was saturated",
     ["reason"])
+CPU_TASKS = Counter(
+    "cpu_tasks_total", "Chunks of prime checks submitted, by executor", ["executor"])
 POOL_REBUILDS = Counter(
     "process_pool_rebuilds_total", "Process pools replaced after a child process died")
 

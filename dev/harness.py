@@ -46,7 +46,9 @@ def free_port():
 class Service:
     """A real server process, stopped with its whole process group."""
 
-    def __init__(self, command, port, env=None, ready_path="/healthz"):
+    def __init__(self, command, port, env=None, ready_path="/healthz", is_ready=None):
+        """Start `command`; wait until GET ready_path answers, or, when ready_path is None,
+        until is_ready() is true (by default: something accepts TCP connections on `port`)."""
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self._owner = os.getpid()
@@ -57,20 +59,30 @@ class Service:
             stdout=self.log, stderr=subprocess.STDOUT, text=True,
         )
         _running.add(self)
-        self._wait_ready(ready_path)
+        if ready_path is not None:
+            self._wait_ready(self._answers_http, ready_path)
+        else:
+            self._wait_ready(is_ready or self._accepts_tcp, f"port {port}")
 
-    def _wait_ready(self, path):
+    def _answers_http(self, path):
+        requests.get(self.url + path, timeout=1)
+
+    def _accepts_tcp(self, _what):
+        socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+
+    def _wait_ready(self, check, what):
         give_up = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < give_up:
             if self.proc.poll() is not None:
                 break
             try:
-                requests.get(self.url + path, timeout=1)
-                return
-            except requests.ConnectionError:
-                time.sleep(0.05)
+                if check(what) is not False:
+                    return
+            except OSError:  # requests' ConnectionError is one too
+                pass
+            time.sleep(0.05)
         self.stop()  # also whatever it started before it failed
-        raise RuntimeError(f"{self.proc.args} did not answer on {self.url + path} within "
+        raise RuntimeError(f"{self.proc.args} was not ready ({what}) within "
                            f"{READY_TIMEOUT_S} s: {self.output()[-2000:]}")
 
     def output(self):
@@ -171,6 +183,37 @@ def start_gunicorn(api_url, data_dir, **env):
     }
     settings.update({key: str(value) for key, value in env.items()})
     return Service([sys.executable, "-m", "gunicorn"], port, settings)
+
+
+def start_dask_scheduler():
+    """A Dask scheduler (the dask CLI) on a free port of 127.0.0.1, without its dashboard."""
+    port = free_port()
+    return Service([_dask_cli(), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                    "--no-dashboard"], port, _DASK_ENV, ready_path=None)
+
+
+def start_dask_worker(scheduler, name):
+    """A Dask worker of one thread for `scheduler`, ready once the scheduler knows it. Without a
+    nanny, so that killing it loses it (a nanny would restart it)."""
+    address = f"tcp://127.0.0.1:{scheduler.port}"
+
+    def known(_what):
+        from distributed import Client
+
+        with Client(address, timeout=2, set_as_default=False) as client:
+            return any(w["name"] == name for w in client.scheduler_info()["workers"].values())
+
+    command = [_dask_cli(), "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
+               "--no-nanny", "--no-dashboard", "--name", name]
+    return Service(command, None, _DASK_ENV, ready_path=None, is_ready=known)
+
+
+# The scheduler and the workers unpickle the tasks, which name this checkout's services.primes.
+_DASK_ENV = {"PYTHONPATH": str(ROOT)}
+
+
+def _dask_cli():
+    return str(Path(sys.executable).with_name("dask"))
 
 
 @contextmanager

@@ -1,0 +1,74 @@
+"""CPU work on a Dask cluster through the same concurrent.futures interface as the local pool.
+
+`CPU_EXECUTOR=dask://HOST:PORT` makes pools.py submit prime checks to the Dask scheduler there
+instead of to its own process pool. `distributed.Client.get_executor()` is a real
+concurrent.futures.Executor, so pools.map_cpu keeps one code path: submit under the gate, wait
+until the deadline, cancel what is left.
+
+One Client per gunicorn worker, created on first use after the fork (a Client holds an event
+loop thread and sockets, which do not survive a fork), closed in worker_exit with the pools.
+Tasks are submitted with pure=False: with Dask's default (pure=True) two requests with the same
+chunk would share one task, and a request cancelling its tasks at its deadline would cancel the
+other's too. Dask reruns a task whose worker died (up to the scheduler's allowed-failures, 3);
+only when that fails too does the request get a 503.
+"""
+from concurrent.futures import BrokenExecutor, CancelledError, Executor
+from urllib.parse import urlsplit
+
+SCHEME = "dask"
+
+
+class SchedulerUnavailable(BrokenExecutor):
+    """The Dask scheduler cannot be reached now."""
+
+
+def parse(setting):
+    """The scheduler address of a CPU_EXECUTOR setting, None for the local pool ("process");
+    ValueError, saying what is expected, for anything else."""
+    if setting == "process":
+        return None
+    parts = urlsplit(setting)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != SCHEME or not parts.hostname or not port or parts.path.strip("/"):
+        raise ValueError(f"CPU_EXECUTOR must be 'process' or '{SCHEME}://HOST:PORT' (a Dask "
+                         f"scheduler); got {setting!r}")
+    return f"tcp://{parts.hostname}:{port}"
+
+
+class DaskExecutor(Executor):
+    """A distributed.Client's executor, and the Client it needs."""
+
+    def __init__(self, address, connect_timeout_s):
+        from distributed import Client
+        from distributed.comm.core import CommClosedError
+        from distributed.scheduler import KilledWorker
+
+        self.address = address
+        # What a task's result raises when the cluster, not the task, failed.
+        self.lost_errors = (KilledWorker, CommClosedError, CancelledError, OSError)
+        try:
+            self._client = Client(address, timeout=connect_timeout_s, set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            raise SchedulerUnavailable(f"no Dask scheduler at {address}: {exc}") from exc
+        self._executor = self._client.get_executor(pure=False)
+
+    def submit(self, fn, /, *args, **kwargs):
+        """Submit fn(*args, **kwargs) to the cluster; SchedulerUnavailable when disconnected."""
+        if self._client.status != "running":
+            raise SchedulerUnavailable(f"the Dask scheduler at {self.address} is "
+                                       f"{self._client.status}")
+        try:
+            return self._executor.submit(fn, *args, **kwargs)
+        except RuntimeError as exc:  # the Client closed between the check and the submit
+            raise SchedulerUnavailable(f"the Dask scheduler at {self.address}: {exc}") from exc
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        """Stop submitting, and close the Client (its tasks are then forgotten)."""
+        try:
+            self._executor.shutdown(wait=wait and not cancel_futures)
+        except Exception:  # noqa: BLE001 - a Client whose scheduler is gone cannot cancel its
+            pass  # tasks (ClosedClientError); with the scheduler gone there is nothing to stop
+        self._client.close()

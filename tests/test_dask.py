@@ -1,0 +1,85 @@
+"""CPU work on a real Dask cluster (scheduler and workers from the dask CLI, on 127.0.0.1) through
+real gunicorn with CPU_EXECUTOR=dask://HOST:PORT."""
+import signal
+import threading
+import time
+
+import pytest
+import requests
+
+from dev import harness
+from tests.conftest import big_primes, start_gunicorn, timed_get
+
+BIG_BATCH = "/is_prime/" + ",".join(big_primes(900, 8)) + "?mode=process"
+SMALL = "/is_prime/1,2,3?mode=inline"
+# Well within the 2 s deadline: a request may try to connect again (READY_TIMEOUT_S, 1 s).
+QUICK_S = 1.5
+
+
+@pytest.fixture
+def cluster():
+    """A scheduler and two workers; each test gets its own, since some kill parts of it."""
+    scheduler = harness.start_dask_scheduler()
+    workers = [harness.start_dask_worker(scheduler, f"w{i}") for i in (1, 2)]
+    yield scheduler, workers
+    for service in workers + [scheduler]:
+        service.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def on_dask(cluster, upstream, tmp_path):
+    """gunicorn whose prime checks run on `cluster`."""
+    scheduler, _ = cluster
+    service = start_gunicorn(upstream.url + "/", tmp_path,
+                             CPU_EXECUTOR=f"dask://127.0.0.1:{scheduler.port}")
+    yield service
+    service.stop()
+
+
+@pytest.mark.parametrize("setting", ["dask:/nowhere", "dask://127.0.0.1", "celery://x:1", "proc"])
+def test_a_bad_cpu_executor_stops_gunicorn_at_start_saying_why(upstream, tmp_path, setting):
+    with pytest.raises(RuntimeError) as failed:
+        start_gunicorn(upstream.url + "/", tmp_path, CPU_EXECUTOR=setting)
+    assert "CPU_EXECUTOR must be 'process' or 'dask://HOST:PORT'" in str(failed.value)
+
+
+def test_answers_on_dask_are_the_local_pool_s(on_dask, upstream, tmp_path_factory):
+    local = start_gunicorn(upstream.url + "/", tmp_path_factory.mktemp("local"))
+    try:
+        expected = requests.get(local.url + BIG_BATCH, timeout=30).json()
+    finally:
+        local.stop()
+    response = requests.get(on_dask.url + BIG_BATCH, timeout=30)
+    assert response.status_code == 200 and response.json() == expected
+    ready = requests.get(on_dask.url + "/readyz", timeout=10).json()
+    assert ready["checks"]["dask_scheduler"] == "ok"
+    metrics = requests.get(on_dask.url + "/metrics", timeout=10).text
+    assert 'cpu_tasks_total{executor="dask"}' in metrics
+
+
+def test_a_killed_dask_worker_gives_200_or_503_and_the_next_batch_succeeds(cluster, on_dask):
+    _, workers = cluster
+    answers = []
+    batch = threading.Thread(target=lambda: answers.append(timed_get(on_dask.url + BIG_BATCH)))
+    batch.start()
+    time.sleep(0.2)  # the batch's chunks are on the workers now
+    workers[0].stop(signal.SIGKILL)
+    batch.join(timeout=30)
+    [(response, seconds)] = answers
+    assert response.status_code in (200, 503) and seconds < 2 + 0.5, response.text
+    after = requests.get(on_dask.url + BIG_BATCH, timeout=30)
+    assert after.status_code == 200 and all(after.json().values())
+
+
+def test_with_the_scheduler_down_big_batches_get_a_quick_503_and_the_rest_answers(cluster,
+                                                                                 on_dask):
+    scheduler, _ = cluster
+    assert requests.get(on_dask.url + BIG_BATCH, timeout=30).status_code == 200
+    scheduler.stop(signal.SIGKILL)
+    time.sleep(QUICK_S)  # the workers' clients see the connection close
+    for _ in range(4):  # both gunicorn workers, before and after their Clients close
+        response, seconds = timed_get(on_dask.url + BIG_BATCH)
+        assert response.status_code == 503 and seconds < QUICK_S, response.text
+        assert "Dask" in response.json()["error"]
+    assert timed_get(on_dask.url + SMALL)[0].json() == {"1": False, "2": True, "3": True}
+    assert timed_get(on_dask.url + "/")[0].status_code == 200
