@@ -194,14 +194,11 @@ class Pools:
                 raise TimeoutError("the prime check did not finish within the deadline")
             return [future.result() for future in futures]
         except BrokenProcessPool as exc:  # a child died under this call
-            if self._processes.discard(pool):
+            if self._drop(pool):
                 telemetry.POOL_REBUILDS.inc()
-                pool.shutdown(wait=False, cancel_futures=True)
             raise PoolRestarted("a prime-check process died; the pool was rebuilt") from exc
         except dask_executor.SchedulerUnavailable as exc:
-            # A Client that gave up reconnecting stays closed: the next call connects anew.
-            if self._processes.discard(pool):
-                pool.shutdown(wait=False, cancel_futures=True)
+            self._drop(pool)  # a Client that gave up reconnecting stays closed: connect anew
             raise PoolRestarted(str(exc)) from exc
         except getattr(pool, "lost_errors", ()) as exc:  # Dask: the cluster failed, not the task
             raise PoolRestarted(f"the Dask cluster lost the task: {type(exc).__name__}: {exc}") \
@@ -212,6 +209,14 @@ class Pools:
             if self._processes.peek() is pool:
                 raise
             raise PoolRestarted("a prime-check process died; the pool was rebuilt") from exc
+
+    def _drop(self, pool):
+        """Forget a CPU executor that failed, so the next call builds one anew; whether this
+        call did (when several threads find the same one broken, one replaces it)."""
+        if not self._processes.discard(pool):
+            return False
+        pool.shutdown(wait=False, cancel_futures=True)
+        return True
 
     @staticmethod
     def _submit_all(pool, gate, tasks):

@@ -47,8 +47,9 @@ class DaskExecutor(Executor):
         from distributed.scheduler import KilledWorker
 
         self.address = address
-        # What a task's result raises when the cluster, not the task, failed.
-        self.lost_errors = (KilledWorker, CommClosedError, CancelledError, OSError)
+        # What a task's result raises when the cluster, not the task, failed. (Not OSError:
+        # map_cpu's own TimeoutError at the deadline is one, and must stay a 504.)
+        self.lost_errors = (KilledWorker, CommClosedError, CancelledError)
         try:
             self._client = Client(address, timeout=connect_timeout_s, set_as_default=False)
         except (OSError, TimeoutError) as exc:

@@ -57,6 +57,18 @@ def test_answers_on_dask_are_the_local_pool_s(on_dask, upstream, tmp_path_factor
     assert 'cpu_tasks_total{executor="dask"}' in metrics
 
 
+def test_a_batch_past_its_deadline_on_dask_is_a_504(cluster, upstream, tmp_path):
+    scheduler, _ = cluster
+    service = start_gunicorn(upstream.url + "/", tmp_path, REQUEST_TIMEOUT_S=0.2,
+                             CPU_EXECUTOR=f"dask://127.0.0.1:{scheduler.port}")
+    try:
+        requests.get(service.url + SMALL.replace("inline", "process"), timeout=10)  # connect
+        response = requests.get(service.url + BIG_BATCH, timeout=30)
+    finally:
+        service.stop()
+    assert response.status_code == 504, response.text
+
+
 def test_a_killed_dask_worker_gives_200_or_503_and_the_next_batch_succeeds(cluster, on_dask):
     _, workers = cluster
     answers = []
