@@ -2,7 +2,6 @@
 
 gunicorn builds it with `create_app()` (gunicorn.conf.py's wsgi_app); importing this builds nothing.
 """
-import json
 import logging
 import time
 
@@ -16,7 +15,7 @@ import telemetry
 from config import Config
 from pools import PoolRestarted, Pools, Saturated
 from serving import worker
-from serving.admission import is_work
+from serving.admission import is_work, refusal
 from services import primes
 from services.api import ApiSource
 from services.db import DbSource
@@ -63,13 +62,10 @@ class ShedBeforeApp:
 
     def _refuse(self, environ, start_response, waited):
         telemetry.REJECTED.labels("queue_wait").inc()
-        message = f"overloaded: waited {waited:.2f} s for a thread; retry shortly"
-        body = json.dumps({"error": message, "status": 503}).encode()
-        request_id = telemetry.set_request_id(environ.get("HTTP_X_REQUEST_ID"))
-        start_response("503 Service Unavailable", [
-            ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-            ("Retry-After", str(self._config["RETRY_AFTER_S"])),
-            (telemetry.REQUEST_ID_HEADER, request_id)])
+        headers, body = refusal(waited, self._config["RETRY_AFTER_S"])
+        headers.append((telemetry.REQUEST_ID_HEADER,
+                        telemetry.set_request_id(environ.get("HTTP_X_REQUEST_ID"))))
+        start_response("503 Service Unavailable", headers)
         return [body]
 
 

@@ -47,6 +47,15 @@ def is_work(path):
     return path == "/" or path.startswith("/is_prime")
 
 
+def refusal(waited_s, retry_after_s):
+    """(headers, body) of the 503 for a request that waited `waited_s` for a thread; the
+    caller adds the request id."""
+    body = json.dumps({"error": f"overloaded: waited {waited_s:.2f} s for a thread; retry "
+                                "shortly", "status": 503}).encode()
+    return [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+            ("Retry-After", str(retry_after_s))], body
+
+
 def refuse_plain_request(sock, waited_s, retry_after_s):
     """Answer 503 on a kept-alive connection whose socket holds exactly one whole GET (no body,
     HTTP/1.1, keep-alive): read it, answer, return True. Return False, having read nothing, for
@@ -70,12 +79,11 @@ def refuse_plain_request(sock, waited_s, retry_after_s):
         return False
     sock.recv(end + 4)
     telemetry.REJECTED.labels("queue_wait").inc()
-    request_id = telemetry.set_request_id(_request_id(header_lines, lowered))
-    body = json.dumps({"error": f"overloaded: waited {waited_s:.2f} s for a thread; retry "
-                                "shortly", "status": 503}).encode()
-    sock.sendall(f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(body)}\r\nRetry-After: {retry_after_s}\r\n"
-                 f"{telemetry.REQUEST_ID_HEADER}: {request_id}\r\n\r\n".encode("latin-1") + body)
+    headers, body = refusal(waited_s, retry_after_s)
+    headers.append((telemetry.REQUEST_ID_HEADER,
+                    telemetry.set_request_id(_request_id(header_lines, lowered))))
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    sock.sendall(f"HTTP/1.1 503 Service Unavailable\r\n{head}\r\n".encode("latin-1") + body)
     return True
 
 
