@@ -106,6 +106,9 @@ class AdaptiveLifoQueue:
     def __init__(self, max_wait_s):
         self._max_wait_s = max_wait_s
         self._items = collections.deque()  # (time queued, item), oldest on the left
+        # Expired items the poller thread handed back (put_back): a thread refuses them first,
+        # and pop_expired does not look at them again.
+        self._to_refuse = collections.deque()
         self._ready = threading.Condition(threading.Lock())
         self._empty_at = time.monotonic()
 
@@ -121,8 +124,11 @@ class AdaptiveLifoQueue:
     def get(self, block=True, timeout=None):
         """Take the next item, as the class says; wait for one if `block`."""
         with self._ready:
-            if not self._ready.wait_for(lambda: self._items, timeout if block else 0):
+            if not self._ready.wait_for(lambda: self._items or self._to_refuse,
+                                        timeout if block else 0):
                 raise queue.Empty
+            if self._to_refuse:
+                return self._to_refuse.popleft()
             now = time.monotonic()
             queued_at, item = self._items[0]
             if (now - self._empty_at < CONGESTION_S
@@ -146,10 +152,10 @@ class AdaptiveLifoQueue:
                 self._empty_at = now
             return expired
 
-    def put_back(self, queued_at, item):
-        """Return an item taken by pop_expired to the bottom, where a thread takes it first."""
+    def put_back(self, item):
+        """Return an item taken by pop_expired, for a thread to take before any other."""
         with self._ready:
-            self._items.appendleft((queued_at, item))
+            self._to_refuse.append(item)
             self._ready.notify()
 
     def get_nowait(self):
@@ -158,4 +164,4 @@ class AdaptiveLifoQueue:
 
     def qsize(self):
         """Items waiting."""
-        return len(self._items)
+        return len(self._items) + len(self._to_refuse)

@@ -86,17 +86,16 @@ class QueueTimedThreadWorker(ThreadWorker):
         for queued_at, item in work_queue.pop_expired():
             _, _, conn = item.args  # _run_stamped(stamp, self.handle, conn)
             try:
-                plain = (conn.initialized and not conn.parser.unreader.buf.getvalue()
-                         and admission.refuse_plain_request(
-                             conn.sock, time.monotonic() - queued_at, Config.RETRY_AFTER_S))
-            except OSError:  # the client went away: finish_request closes the connection
-                plain, answered = True, False
-            else:
-                answered = True
-            if not plain:
-                work_queue.put_back(queued_at, item)
-            elif item.future.set_running_or_notify_cancel():
-                item.future.set_result(answered)  # gthread's finish_request keeps it alive
+                if not (conn.initialized and not conn.parser.unreader.buf.getvalue()
+                        and admission.refuse_plain_request(
+                            conn.sock, time.monotonic() - queued_at, Config.RETRY_AFTER_S)):
+                    work_queue.put_back(item)  # a request thread refuses it
+                    continue
+                keep_alive = True
+            except OSError:  # the client went away
+                keep_alive = False
+            if item.future.set_running_or_notify_cancel():
+                item.future.set_result(keep_alive)  # gthread's finish_request acts on it
 
     def _drain(self, listener):
         while self.nr_conns < self.worker_connections:

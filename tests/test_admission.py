@@ -65,9 +65,11 @@ def test_pop_expired_takes_only_what_waited_too_long_and_put_back_returns_it_fir
     lifo.put("old")
     time.sleep(admission.CONGESTION_S * 1.5)
     lifo.put("new")
-    [(queued_at, item)] = lifo.pop_expired()
+    [(_, item)] = lifo.pop_expired()
     assert item == "old" and lifo.qsize() == 1
-    lifo.put_back(queued_at, item)
+    lifo.put_back(item)
+    time.sleep(admission.CONGESTION_S * 1.5)  # "new" has expired too by now
+    assert [queued for _, queued in lifo.pop_expired()] == ["new"]  # "old" is not looked at again
     assert lifo.get() == "old"
 
 
