@@ -23,7 +23,8 @@ import requests
 
 from bench.workloads import SEED_NUMBER, SEED_WORKLOAD
 from config import Config
-from dev.harness import REPORTS, Service, deployment, descendants, ensure_installed, free_port
+from dev.harness import (REPORTS, Service, deployment, descendants, ensure_installed, free_port,
+                         proc_stat)
 CONCURRENCY = (1, 50, 200, 500)
 FLOOR_S = 0.300  # the slowest read of the seed profile
 WRK_TIMEOUT_S = 10
@@ -194,13 +195,8 @@ def costs(runs):
 
 def cpu_seconds(pids):
     """User and system CPU seconds these processes have used."""
-    ticks = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
-        except OSError:
-            pass
+    ticks = sum(int(fields[11]) + int(fields[12])
+                for fields in map(proc_stat, pids) if fields)
     return ticks / os.sysconf("SC_CLK_TCK")
 
 

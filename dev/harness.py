@@ -125,15 +125,20 @@ def _stop_all():
             service.stop(signal.SIGKILL)
 
 
+def proc_stat(pid):
+    """The fields of /proc/<pid>/stat after the command name (state, ppid, …, utime, stime at
+    11 and 12), or None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def _live_pids():
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    if stat.read().rsplit(")", 1)[1].split()[0] != "Z":
-                        yield int(entry)
-            except OSError:
-                pass
+        if entry.isdigit() and (fields := proc_stat(entry)) and fields[0] != "Z":
+            yield int(entry)
 
 
 def _sid(pid):
@@ -145,11 +150,8 @@ def _sid(pid):
 
 def parent_of(pid):
     """The parent pid of `pid`, or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return int(stat.read().rsplit(")", 1)[1].split()[1])
-    except OSError:
-        return None
+    fields = proc_stat(pid)
+    return int(fields[1]) if fields else None
 
 
 def descendants(pid):
