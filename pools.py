@@ -57,7 +57,8 @@ class Saturated(Exception):
 
 
 class PoolRestarted(Exception):
-    """The process pool died under a call (a child was killed) and has been replaced."""
+    """The CPU executor failed under a call (a pool process was killed, or the Dask cluster lost
+    the task or cannot be reached); the next call gets a fresh one."""
 
 
 class _Gate:
@@ -91,7 +92,8 @@ class _Gate:
 
 
 class Pools:
-    """Owns one ThreadPoolExecutor and one ProcessPoolExecutor per process, created lazily."""
+    """Owns one ThreadPoolExecutor and one CPU executor per process, created lazily: a
+    ProcessPoolExecutor, or a Dask cluster's executor (CPU_EXECUTOR)."""
 
     def __init__(self, thread_size, process_size, thread_queue=0, process_queue=0,
                  process_preload=(), cpu_executor="process", connect_timeout_s=1.0):
@@ -100,6 +102,8 @@ class Pools:
         # The Dask scheduler's address, or None for this process's own pool (ValueError if the
         # setting is neither).
         self.dask_address = dask_executor.parse(cpu_executor)
+        self._cpu_tasks = telemetry.CPU_TASKS.labels(
+            "process" if self.dask_address is None else dask_executor.SCHEME)
         self._connect_timeout_s = connect_timeout_s
         self._process_preload = [pool_child.__name__, *process_preload]
         # The CPUs this process may use now, before gunicorn.conf.py pins a worker to one of them.
@@ -113,11 +117,6 @@ class Pools:
     def _new_thread_pool(self):
         telemetry.POOL_SIZE.labels("thread").set(self.thread_size)
         return ThreadPoolExecutor(self.thread_size, thread_name_prefix="read")
-
-    @property
-    def cpu_executor_kind(self):
-        """"dask" or "process": where map_cpu runs its chunks."""
-        return "process" if self.dask_address is None else dask_executor.SCHEME
 
     def _new_cpu_executor(self):
         if self.dask_address is not None:
@@ -183,7 +182,7 @@ class Pools:
             pool = self.process_pool()
         except dask_executor.SchedulerUnavailable as exc:
             raise PoolRestarted(str(exc)) from exc
-        telemetry.CPU_TASKS.labels(self.cpu_executor_kind).inc(len(chunks))
+        self._cpu_tasks.inc(len(chunks))
         try:
             futures = self._submit_all(pool, self._process_gate.get(),
                                        [(fn, chunk) for chunk in chunks])
