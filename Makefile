@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-requirements
 
-.PHONY: install run test bench load clean
+.PHONY: install run test bench load cluster clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ bench: $(STAMP)
 # A bounded headless locust run against a deployment it starts: reports/load.html and CSVs.
 load: $(STAMP)
 	$(BIN)/python -m bench.load $(LOAD_ARGS)
+
+# Several gunicorn hosts behind HAProxy, PostgreSQL, Dask: deploy/cluster.py. Ctrl-C stops all.
+cluster: $(STAMP)
+	exec $(BIN)/python -m deploy.cluster $(CLUSTER_ARGS)
 
 clean:
 	rm -rf $(VENV) instance reports .pytest_cache

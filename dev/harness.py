@@ -174,10 +174,10 @@ def start_upstream(delay_ms=0, port=None, exit_with_parent=False):
     return Service(command + ["--exit-with-parent"] * exit_with_parent, port)
 
 
-def start_gunicorn(api_url, data_dir, **env):
-    """Start real gunicorn (gunicorn.conf.py) on a free port, reading its API at `api_url` and
-    its database in `data_dir`; `env` overrides any other setting."""
-    port = free_port()
+def start_gunicorn(api_url, data_dir, port=None, **env):
+    """Start real gunicorn (gunicorn.conf.py) on `port` (a free one by default), reading its API
+    at `api_url` and its database in `data_dir`; `env` overrides any other setting."""
+    port = port or free_port()
     settings = {
         "PORT": str(port),
         "API_URL": api_url,
