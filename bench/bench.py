@@ -21,10 +21,11 @@ from pathlib import Path
 
 import requests
 
+from bench import multihost
 from bench.workloads import SEED_NUMBER, SEED_WORKLOAD
 from config import Config
-from dev.harness import (REPORTS, Service, deployment, descendants, ensure_installed, free_port,
-                         proc_stat)
+from dev.harness import (REPORTS, Service, cpu_seconds, deployment, descendants,
+                         ensure_installed, free_port)
 CONCURRENCY = (1, 50, 200, 500)
 FLOOR_S = 0.300  # the slowest read of the seed profile
 WRK_TIMEOUT_S = 10
@@ -191,13 +192,6 @@ def costs(runs):
     return {"cpu_ms_per_200": per_ok, "cpu_ms_per_503": per_shed,
             "switches_per_request": sum(r["switches"] for r in runs) / max(1, requests),
             "cpu_bound_rps": (os.cpu_count() or 1) * 1000 / per_ok}
-
-
-def cpu_seconds(pids):
-    """User and system CPU seconds these processes have used."""
-    ticks = sum(int(fields[11]) + int(fields[12])
-                for fields in map(proc_stat, pids) if fields)
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def context_switches(pids):
@@ -441,14 +435,21 @@ def main(argv=None):
     parser.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", 8)),
                         help="length of each wrk run")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument("--part", choices=("all", "one-host", "multihost"), default="all",
+                        help="one host against the seed's apps (reports/bench.md), the Dask and "
+                             "HAProxy comparisons (reports/multihost.md), or both")
     args = parser.parse_args(argv)
     for tool in ("wrk", "hey"):
         if not ensure_installed(tool, tool):
             sys.exit(f"{tool} is needed: apt-get install {tool}")
-    with tempfile.TemporaryDirectory() as data_dir:
-        results = measure(args.seconds, data_dir)
-    print(write_report(results, args.seconds))
-    missed = [row for row in targets(results) if not row[3]]
+    missed = []
+    if args.part != "multihost":
+        with tempfile.TemporaryDirectory() as data_dir:
+            results = measure(args.seconds, data_dir)
+        print(write_report(results, args.seconds))
+        missed = [row for row in targets(results) if not row[3]]
+    if args.part != "one-host":
+        print(multihost.write_report(multihost.measure(args.seconds, wrk)))
     return 1 if args.strict and missed else 0
 
 

@@ -6,8 +6,9 @@
                  `-- ...                `--> Dask scheduler --> Dask worker x M (prime checks)
 
 Every process listens on 127.0.0.1 only and is started in a session of its own (dev/harness.py);
-Ctrl-C or SIGTERM stops them all, newest first. The hosts share the machine's cores, so each
-gets cores / hosts workers: the same number of workers in all as one host of `make run`.
+Ctrl-C or SIGTERM stops them all, newest first. The hosts share the machine's cores: each runs
+on cores / hosts of them, with a worker per core, as if it were a machine of its own; in all
+they have as many workers as one host of `make run`.
 """
 import argparse
 import os
@@ -33,7 +34,7 @@ MAXCONN = 8192
 class Cluster:
     """The processes of a multi-host deployment, each a harness.Service, stopped with it."""
 
-    def __init__(self, stack, database_url):
+    def __init__(self, stack, database_url, host_count):
         self._stack = stack
         self.data_dir = stack.enter_context(tempfile.TemporaryDirectory())
         self.database_url = database_url
@@ -43,22 +44,34 @@ class Cluster:
         self.hosts = []
         self.balancer = None
         self.host_env = {}
+        self.host_count = host_count
 
     def start(self, service):
         """Have the cluster stop this started Service (newest first); return it."""
         self._stack.callback(service.stop)
         return service
 
-    def start_host(self, port=None):
-        """Start one gunicorn host (on `port`, a free one by default); return its Service."""
-        return self.start(harness.start_gunicorn(self.api_url, self.data_dir, port=port,
-                                                 DATABASE_URL=self.database_url, **self.host_env))
+    def start_host(self, index, port=None):
+        """Start gunicorn host `index` (on `port`, a free one by default) on the CPUs of
+        host_cpus(index); return its Service."""
+        return self.start(harness.start_gunicorn(
+            self.api_url, self.data_dir, port=port, cpus=host_cpus(index, self.host_count),
+            DATABASE_URL=self.database_url, **self.host_env))
 
     def restart_host(self, index):
         """Start host `index` again on its own port, after it was stopped or killed."""
         self.hosts[index].stop(signal.SIGKILL)  # whatever of it is left
-        self.hosts[index] = self.start_host(self.hosts[index].port)
+        self.hosts[index] = self.start_host(index, self.hosts[index].port)
         return self.hosts[index]
+
+
+def host_cpus(index, hosts):
+    """The CPUs host `index` of `hosts` runs on: a share of this machine's of its own, as if it
+    were a machine of its own (each host pins its workers among them, PIN_WORKERS)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    share = max(1, len(cpus) // hosts)
+    start = index * share % len(cpus)
+    return set(cpus[start:start + share])
 
 
 @contextmanager
@@ -71,10 +84,10 @@ def cluster(hosts=2, dask_workers=2, port=None, api_url=None, database_url=POSTG
     host_env: more settings for every host (e.g. WEB_THREADS).
     """
     with ExitStack() as stack:
-        deployment = Cluster(stack, database_url)
+        deployment = Cluster(stack, database_url, hosts)
         deployment.api_url = api_url or deployment.start(
             harness.start_upstream(Config.API_DELAY_MS)).url + "/"
-        workers = max(1, (os.cpu_count() or 1) // hosts)
+        workers = len(host_cpus(0, hosts))
         env = {"WEB_WORKERS": workers, "DB_POOL_SIZE": max(1, DB_CONNECTIONS // (hosts * workers))}
         if dask_workers:
             deployment.scheduler = deployment.start(harness.start_dask_scheduler())
@@ -85,7 +98,7 @@ def cluster(hosts=2, dask_workers=2, port=None, api_url=None, database_url=POSTG
         deployment.host_env = {**env, **host_env}
         # Seeded here, once: hosts starting side by side would race to create the table.
         init_db(database_url)
-        deployment.hosts = [deployment.start_host() for _ in range(hosts)]
+        deployment.hosts = [deployment.start_host(i) for i in range(hosts)]
         deployment.balancer = deployment.start(start_balancer(
             [host.port for host in deployment.hosts], port or harness.free_port(),
             Path(deployment.data_dir) / "haproxy.cfg"))

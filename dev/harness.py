@@ -135,6 +135,13 @@ def proc_stat(pid):
         return None
 
 
+def cpu_seconds(pids):
+    """User and system CPU seconds these processes have used."""
+    ticks = sum(int(fields[11]) + int(fields[12])
+                for fields in map(proc_stat, pids) if fields)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _live_pids():
     for entry in os.listdir("/proc"):
         if entry.isdigit() and (fields := proc_stat(entry)) and fields[0] != "Z":
@@ -174,17 +181,21 @@ def start_upstream(delay_ms=0, port=None, exit_with_parent=False):
     return Service(command + ["--exit-with-parent"] * exit_with_parent, port)
 
 
-def start_gunicorn(api_url, data_dir, port=None, **env):
+def start_gunicorn(api_url, data_dir, port=None, cpus=None, **env):
     """Start real gunicorn (gunicorn.conf.py) on `port` (a free one by default), reading its API
-    at `api_url` and its database in `data_dir`; `env` overrides any other setting."""
+    at `api_url` and its database in `data_dir`, on the CPUs `cpus` (all by default); `env`
+    overrides any other setting."""
     port = port or free_port()
+    command = [sys.executable, "-m", "gunicorn"]
+    if cpus:  # taskset execs gunicorn: the pid is gunicorn's, and every process below inherits
+        command = ["taskset", "--cpu-list", ",".join(map(str, sorted(cpus))), *command]
     settings = {
         "PORT": str(port),
         "API_URL": api_url,
         "DATABASE_URL": f"sqlite:///{Path(data_dir) / 'app.db'}",
     }
     settings.update({key: str(value) for key, value in env.items()})
-    return Service([sys.executable, "-m", "gunicorn"], port, settings)
+    return Service(command, port, settings)
 
 
 def start_dask_scheduler():

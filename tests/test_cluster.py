@@ -107,7 +107,10 @@ def test_a_killed_host_fails_no_get_and_its_return_is_picked_up(site):
     statuses = {}
     for _, status, _ in results:
         statuses[status] = statuses.get(status, 0) + 1
-    print(f"\nkill a host under load: {statuses}")
+    first_back = min((at for at, _, host in results if at > returned_at and host == "host1"),
+                     default=float("nan"))
+    print(f"\nkill a host under load: {statuses}; the host served again "
+          f"{first_back - returned_at:.2f} s after it was ready")
     assert set(statuses) == {200}, statuses
     before = {host for at, _, host in results if at < killed_at}
     down = {host for at, _, host in results if killed_at + 1 < at < returned_at}
@@ -126,6 +129,7 @@ def test_a_slow_client_holds_no_host_thread(site):
                 sock.sendall(b"POST /is_prime HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                              b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n[2")
         response, seconds = timed_get(site.balancer.url + "/")
+        print(f"\nGET / with {SLOW_CLIENTS} slow clients: {seconds:.2f} s")
         assert response.status_code == 200 and seconds < 1.0, seconds
     finally:
         for sock in slow:

@@ -52,7 +52,7 @@ def test_the_configuration_table_lists_every_setting_and_no_other():
 def test_the_code_map_names_every_module_and_only_files_that_exist():
     code_map = readme_section("Code map and process tree")
     modules = {path.relative_to(ROOT) for path in ROOT.glob("*.py")}
-    modules |= {path.relative_to(ROOT) for folder in ("serving", "dev")
+    modules |= {path.relative_to(ROOT) for folder in ("serving", "dev", "deploy")
                 for path in (ROOT / folder).glob("*.py") if path.name != "__init__.py"}
     for module in modules:
         assert f"`{module.name}`" in code_map, module
