@@ -14,9 +14,12 @@ import argparse
 import os
 import signal
 import string
+import sys
 import tempfile
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+
+import sqlalchemy.exc
 
 from config import Config
 from dev import harness
@@ -133,6 +136,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     # SIGTERM ends the wait below like Ctrl-C, so that the with-block stops every process.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        init_db(args.database_url)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        sys.exit(f"make cluster needs a shared database; {args.database_url}: {exc}")
     with cluster(args.hosts, args.dask_workers, Config.PORT,
                  database_url=args.database_url) as deployment:
         print(f"HAProxy   {deployment.balancer.url}/  (Ctrl-C stops everything)")
