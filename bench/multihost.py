@@ -157,7 +157,8 @@ def _comm(pid):
 
 
 def measure(seconds, wrk):
-    """Every comparison of this module, as a dict."""
+    """Every comparison of this module, as a dict; `wrk` is bench.wrk (handed in, since bench
+    imports this module)."""
     upstream = harness.start_upstream(delay_ms=Config.API_DELAY_MS)
     try:
         with tempfile.TemporaryDirectory() as data_dir:

@@ -41,6 +41,25 @@ def site(haproxy, postgres_url):
         yield deployment
 
 
+@pytest.mark.parametrize("cpus, index, hosts, expected", [
+    ({0, 1}, 0, 2, {0}),
+    ({0, 1}, 1, 2, {1}),
+    ({0, 1}, 0, 1, {0, 1}),
+    ({0, 1}, 2, 3, {0}),  # more hosts than CPUs: they share, in turn
+    ({0, 1, 2, 3}, 1, 2, {2, 3}),
+])
+def test_each_host_gets_its_own_share_of_the_cpus(monkeypatch, cpus, index, hosts, expected):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: cpus)
+    assert deploy.host_cpus(index, hosts) == expected
+
+
+def test_the_haproxy_config_lists_every_host_and_leaves_nothing_to_fill():
+    config = deploy.haproxy_config([8101, 8102], 8000)
+    assert "bind 127.0.0.1:8000" in config and "$" not in config
+    for backend in config.split("\nbackend ")[1:]:
+        assert "server host1 127.0.0.1:8101" in backend and "server host2 127.0.0.1:8102" in backend
+
+
 def comparable(response):
     """A response's status and body, less what differs between any two reads (timings, the
     upstream's request counter)."""
