@@ -137,22 +137,25 @@ def main(argv=None):
     # SIGTERM ends the wait below like Ctrl-C, so that the with-block stops every process.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        init_db(args.database_url)
-    except sqlalchemy.exc.SQLAlchemyError as exc:
+        with cluster(args.hosts, args.dask_workers, Config.PORT,
+                     database_url=args.database_url) as deployment:
+            _announce(deployment)
+            try:
+                signal.pause()
+            except KeyboardInterrupt:
+                print("stopping", flush=True)
+    except sqlalchemy.exc.SQLAlchemyError as exc:  # from seeding, before any host started
         sys.exit(f"make cluster needs a shared database; {args.database_url}: {exc}")
-    with cluster(args.hosts, args.dask_workers, Config.PORT,
-                 database_url=args.database_url) as deployment:
-        print(f"HAProxy   {deployment.balancer.url}/  (Ctrl-C stops everything)")
-        for i, host in enumerate(deployment.hosts, 1):
-            print(f"host{i}     {host.url}/")
-        if deployment.scheduler:
-            print(f"Dask      tcp://127.0.0.1:{deployment.scheduler.port}, "
-                  f"{len(deployment.dask_workers)} workers")
-        print(f"database  {args.database_url}", flush=True)
-        try:
-            signal.pause()
-        except KeyboardInterrupt:
-            print("stopping", flush=True)
+
+
+def _announce(deployment):
+    print(f"HAProxy   {deployment.balancer.url}/  (Ctrl-C stops everything)")
+    for i, host in enumerate(deployment.hosts, 1):
+        print(f"host{i}     {host.url}/")
+    if deployment.scheduler:
+        print(f"Dask      tcp://127.0.0.1:{deployment.scheduler.port}, "
+              f"{len(deployment.dask_workers)} workers")
+    print(f"database  {deployment.database_url}", flush=True)
 
 
 if __name__ == "__main__":
