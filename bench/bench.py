@@ -22,7 +22,7 @@ from pathlib import Path
 import requests
 
 from bench import multihost
-from bench.workloads import SEED_NUMBER, SEED_WORKLOAD
+from bench.workloads import SEED_NUMBER, SEED_WORKLOAD, big_primes
 from config import Config
 from dev.harness import (REPORTS, Service, cpu_seconds, deployment, descendants,
                          ensure_installed, free_port)
@@ -235,9 +235,7 @@ def dispatch(base_url):
 def scaling(base_url):
     """Median seconds of four 900-digit primes inline and on the process pool, interleaved so
     that both modes see the same machine (this one's speed drifts by tens of percent)."""
-    import gmpy2
-
-    big = ",".join(str(gmpy2.next_prime(gmpy2.mpz(10) ** 899 * k)) for k in range(1, 5))
+    big = ",".join(big_primes(900, 4))
     seconds = {"inline": [], "process": []}
     for i in range(SCALING_PAIRS):
         for mode in list(seconds)[::1 if i % 2 == 0 else -1]:

@@ -8,12 +8,12 @@ import os
 import statistics
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import requests
 
+from bench import workloads
 from config import Config
 from deploy import cluster as deploy
 from dev import harness
@@ -28,19 +28,6 @@ BALANCED_CLIENTS = 200
 BALANCED_ROUNDS = 3
 # The heavy batch takes more than the default 2 s budget on one Dask worker: time it, not the 504.
 CPU_HOST = {"WEB_WORKERS": 1, "LOG_LEVEL": "error", "REQUEST_TIMEOUT_S": 30}
-
-
-def heavy_batch():
-    """HEAVY_NUMBERS primes of HEAVY_DIGITS digits (found on every core: ~1 s each)."""
-    starts = [10 ** (HEAVY_DIGITS - 1) * k for k in range(1, HEAVY_NUMBERS + 1)]
-    with ProcessPoolExecutor() as pool:
-        return [str(p) for p in pool.map(_next_prime, starts)]
-
-
-def _next_prime(n):
-    import gmpy2
-
-    return gmpy2.next_prime(n)
 
 
 def median_seconds(send, runs):
@@ -65,7 +52,7 @@ def cpu_figures(url, batch):
 
 def measure_cpu(data_dir, upstream_url):
     """Prime checks on the local pool, then on Dask with one worker, then with two."""
-    batch = heavy_batch()
+    batch = workloads.big_primes(HEAVY_DIGITS, HEAVY_NUMBERS)
     results = {}
     host = harness.start_gunicorn(upstream_url, data_dir, **CPU_HOST)
     try:

@@ -3,11 +3,11 @@ import functools
 import os
 import time
 
-import gmpy2
 import pytest
 import requests
 
 from app import create_app
+from bench import workloads
 from dev import harness
 from dev.harness import start_upstream
 from services.db import init_db
@@ -35,8 +35,8 @@ def worker_pids(service):
 
 @functools.cache
 def big_primes(digits, count):
-    """The first `count` primes after 10**(digits-1) * k for k = 1..count, as decimal strings."""
-    return [str(gmpy2.next_prime(gmpy2.mpz(10) ** (digits - 1) * k)) for k in range(1, count + 1)]
+    """bench.workloads.big_primes, found once per test run."""
+    return workloads.big_primes(digits, count)
 
 
 def run_clients(url, clients, per_client, timeout_s=30, headers=None):
