@@ -101,6 +101,7 @@ def create_app(test_config=None):
         process_preload=[primes.__name__],
         cpu_executor=cfg["CPU_EXECUTOR"],
         connect_timeout_s=cfg["READY_TIMEOUT_S"],
+        reconnect_after_s=cfg["DASK_RECONNECT_S"],
     )
 
     app.register_blueprint(bp)

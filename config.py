@@ -95,6 +95,9 @@ class Config:
     # Where prime checks run: "process" (this worker's pool) or dask://HOST:PORT, a Dask
     # scheduler (serving/dask_executor.py); PROCESS_POOL_SIZE still sets the chunks per batch.
     CPU_EXECUTOR = env_str("CPU_EXECUTOR", "process")
+    # After a failed connect to the Dask scheduler (READY_TIMEOUT_S), a worker answers 503 at
+    # once for this long before it tries again: how soon a scheduler that is back is used.
+    DASK_RECONNECT_S = env_float("DASK_RECONNECT_S", 2.0)
     # Tasks a pool may hold beyond one per worker before it answers 503 (the stdlib's queues
     # have no bound). A sized thread pool needs no queue; CPU work waits at most a few chunks.
     THREAD_QUEUE_LIMIT = env_int("THREAD_QUEUE_LIMIT", 0)

@@ -21,6 +21,7 @@ instead of a wait that grows. Executors and gates are per process (serving.per_p
 on first use in the process that uses them, never inherited across a fork.
 """
 import contextvars
+import math
 import multiprocessing
 import os
 import threading
@@ -96,7 +97,8 @@ class Pools:
     ProcessPoolExecutor, or a Dask cluster's executor (CPU_EXECUTOR)."""
 
     def __init__(self, thread_size, process_size, thread_queue=0, process_queue=0,
-                 process_preload=(), cpu_executor="process", connect_timeout_s=1.0):
+                 process_preload=(), cpu_executor="process", connect_timeout_s=1.0,
+                 reconnect_after_s=2.0):
         self.thread_size = thread_size
         self.process_size = process_size
         # The Dask scheduler's address, or None for this process's own pool (ValueError if the
@@ -105,6 +107,8 @@ class Pools:
         self._cpu_tasks = telemetry.CPU_TASKS.labels(
             "process" if self.dask_address is None else dask_executor.SCHEME)
         self._connect_timeout_s = connect_timeout_s
+        self._reconnect_after_s = reconnect_after_s
+        self._connect_failed_at = -math.inf  # time.monotonic() of the last failed connect
         self._process_preload = [pool_child.__name__, *process_preload]
         # The CPUs this process may use now, before gunicorn.conf.py pins a worker to one of them.
         self._cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
@@ -120,7 +124,7 @@ class Pools:
 
     def _new_cpu_executor(self):
         if self.dask_address is not None:
-            return dask_executor.DaskExecutor(self.dask_address, self._connect_timeout_s)
+            return self._connect_dask()
         # forkserver, not fork: forking a multi-threaded gunicorn worker can copy a lock held by
         # another thread into the child, which then deadlocks.
         context = multiprocessing.get_context("forkserver")
@@ -128,6 +132,22 @@ class Pools:
         telemetry.POOL_SIZE.labels("process").set(self.process_size)
         return ProcessPoolExecutor(self.process_size, mp_context=context,
                                    initializer=pool_child.init, initargs=(os.getpid(), self._cpus))
+
+    def _connect_dask(self):
+        # This runs under the PerProcess lock, so with the scheduler down every thread after a
+        # CPU executor would wait out its own connect timeout in turn: 60 requests took up to
+        # 19 s for their 503. After a failed connect no thread tries again for a while, and
+        # meanwhile each gets its 503 at once.
+        waited_s = time.monotonic() - self._connect_failed_at
+        if waited_s < self._reconnect_after_s:
+            raise dask_executor.SchedulerUnavailable(
+                f"no Dask scheduler at {self.dask_address} {waited_s:.1f} s ago; trying again "
+                f"in {self._reconnect_after_s - waited_s:.1f} s")
+        try:
+            return dask_executor.DaskExecutor(self.dask_address, self._connect_timeout_s)
+        except dask_executor.SchedulerUnavailable:
+            self._connect_failed_at = time.monotonic()
+            raise
 
     def thread_pool(self):
         """Return this process's thread pool, creating it on first use."""

@@ -198,9 +198,10 @@ def start_gunicorn(api_url, data_dir, port=None, cpus=None, **env):
     return Service(command, port, settings)
 
 
-def start_dask_scheduler():
-    """A Dask scheduler (the dask CLI) on a free port of 127.0.0.1, without its dashboard."""
-    port = free_port()
+def start_dask_scheduler(port=None):
+    """A Dask scheduler (the dask CLI) on `port` (else a free one) of 127.0.0.1, without its
+    dashboard."""
+    port = port or free_port()
     return Service([_dask_cli(), "scheduler", "--host", "127.0.0.1", "--port", str(port),
                     "--no-dashboard"], port, _DASK_ENV, ready_path=None)
 

@@ -166,9 +166,12 @@ def test_with_the_scheduler_down_the_hosts_still_answer_what_they_can(haproxy, p
                    for h in degraded.hosts):
                 break
         time.sleep(2)  # two failed checks, 0.5 s apart, take a host out of the ready backend
-        response, seconds = timed_get(degraded.balancer.url + BIG_BATCH)
-        assert response.status_code == 503 and "Dask" in response.json()["error"], response.text
-        assert seconds < 1.5
+        answers = [timed_get(degraded.balancer.url + BIG_BATCH) for _ in range(8)]
+        for response, _ in answers:
+            assert response.status_code == 503 and "Dask" in response.json()["error"], response.text
+        # At most one connect attempt (READY_TIMEOUT_S, 1 s) a worker; the rest are at once.
+        seconds = sorted(took for _, took in answers)
+        assert seconds[4] < 0.5 and seconds[-1] < 3, seconds
         small = requests.get(degraded.balancer.url + "/is_prime/1,2,3", timeout=10)
         assert small.json() == {"1": False, "2": True, "3": True}
         assert requests.get(degraded.balancer.url + "/", timeout=10).status_code == 200

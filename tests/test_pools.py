@@ -10,7 +10,7 @@ import pytest
 
 import pools
 import telemetry
-from dev.harness import ROOT
+from dev.harness import ROOT, free_port
 from services import primes
 from tests.conftest import far
 
@@ -203,3 +203,23 @@ def test_pool_processes_import_only_what_the_work_needs(pool_pair):
     expression = f"sorted(m for m in __import__('sys').modules if m.split('.')[0] in {app_modules})"
     [loaded] = pool_pair.map_cpu(eval, [expression], far())
     assert loaded == []
+
+
+def test_after_a_failed_dask_connect_calls_fail_at_once_until_the_retry():
+    nowhere = f"dask://127.0.0.1:{free_port()}"  # nothing listens there
+    retry_s = 1.0
+    unreachable = pools.Pools(thread_size=1, process_size=1, cpu_executor=nowhere,
+                              connect_timeout_s=0.2, reconnect_after_s=retry_s)
+    with pytest.raises(pools.PoolRestarted, match="no Dask scheduler"):
+        unreachable.map_cpu(primes.check_batch, [[7]], far())
+    failed_at = start = time.monotonic()
+    for _ in range(5):
+        with pytest.raises(pools.PoolRestarted, match="trying again in"):
+            unreachable.map_cpu(primes.check_batch, [[7]], far())
+    assert time.monotonic() - start < 0.1
+    time.sleep(max(0.0, failed_at + retry_s + 0.2 - time.monotonic()))
+    start = time.monotonic()
+    with pytest.raises(pools.PoolRestarted) as tried:  # a connect attempt again
+        unreachable.map_cpu(primes.check_batch, [[7]], far())
+    assert "trying again in" not in str(tried.value) and time.monotonic() - start >= 0.15
+    unreachable.shutdown()
