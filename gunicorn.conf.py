@@ -13,6 +13,7 @@ The processes it starts, and the code each runs:
             `-- pool child x PROCESS_POOL_SIZE   serving/pool_child.py, services/primes.py
 """
 import gc
+import glob
 import os
 import shutil
 import tempfile
@@ -69,19 +70,20 @@ loglevel = Config.LOG_LEVEL
 # its samples to files in one directory (telemetry.py). prometheus_client reads the variable when
 # it is first imported, so it goes into the environment through raw_env, which gunicorn applies
 # before a --preload import of the app; on_starting creates or empties the directory.
-_metrics_dir = Config.PROMETHEUS_MULTIPROC_DIR or os.path.join(
-    tempfile.gettempdir(), f"flask-pools-metrics-{os.getpid()}")
+_METRICS_DIR_PREFIX = os.path.join(tempfile.gettempdir(), "flask-pools-metrics-")
+_metrics_dir = Config.PROMETHEUS_MULTIPROC_DIR or f"{_METRICS_DIR_PREFIX}{os.getpid()}"
 raw_env = [f"PROMETHEUS_MULTIPROC_DIR={_metrics_dir}"]
 _upstream = None
 
 
 def on_starting(server):
-    """Check CPU_EXECUTOR, empty the metrics directory, seed the database once, and start the
-    upstream if asked to."""
+    """Check CPU_EXECUTOR, empty the metrics directory (and remove dead masters' ones), seed the
+    database once, and start the upstream if asked to."""
     from services.db import init_db
 
     dask_executor.parse(Config.CPU_EXECUTOR)  # a bad setting stops gunicorn here, saying why
 
+    _remove_dead_masters_metrics()
     os.makedirs(_metrics_dir, exist_ok=True)
     for name in os.listdir(_metrics_dir):
         if name.endswith(".db"):
@@ -96,6 +98,25 @@ def on_starting(server):
 
         _upstream = start_upstream(Config.API_DELAY_MS, Config.UPSTREAM_PORT, exit_with_parent=True)
         server.log.info("upstream API listening on %s (pid %s)", _upstream.url, _upstream.proc.pid)
+
+
+def _remove_dead_masters_metrics():
+    # on_exit removes a master's own directory, but a master killed by SIGKILL (or the OOM
+    # killer) never runs it: its directory would stay in the temp dir for good.
+    for path in glob.glob(f"{_METRICS_DIR_PREFIX}*"):
+        pid = path[len(_METRICS_DIR_PREFIX):]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, and another user's
+        pass
+    return True
 
 
 def on_exit(server):

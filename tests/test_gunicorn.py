@@ -1,8 +1,10 @@
 """Integration: real gunicorn (gunicorn.conf.py) and the real upstream, with the seed's latency."""
 import os
 import signal
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -128,6 +130,19 @@ def test_sigterm_stops_gunicorn_and_every_child(upstream_300, tmp_path):
     assert len(service.session_pids()) > 3  # master, workers, forkservers, pool processes
     assert service.stop(signal.SIGTERM) == 0
     assert service.leftovers == []
+
+
+def test_metrics_directories_go_with_their_master_even_one_killed(upstream_300, tmp_path):
+    def metrics_dir(service):
+        return Path(tempfile.gettempdir(), f"flask-pools-metrics-{service.proc.pid}")
+
+    killed = start_gunicorn(upstream_300.url + "/", tmp_path / "killed")
+    killed.stop(signal.SIGKILL)  # on_exit never runs
+    assert metrics_dir(killed).is_dir()
+    service = start_gunicorn(upstream_300.url + "/", tmp_path / "next")
+    assert metrics_dir(service).is_dir() and not metrics_dir(killed).exists()
+    assert service.stop() == 0
+    assert not metrics_dir(service).exists()
 
 
 def test_make_run_serves_and_stops_its_upstream():
