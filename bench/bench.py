@@ -110,14 +110,8 @@ def seed_app(module, threads):
 
 def timed_get(url, times):
     """Median seconds of `times` sequential GETs of url, and the last body."""
-    seconds, body = [], None
-    for _ in range(times):
-        start = time.monotonic()
-        response = requests.get(url, timeout=600)
-        seconds.append(time.monotonic() - start)
-        response.raise_for_status()
-        body = response.json()
-    return statistics.median(seconds), body
+    seconds, response = multihost.median_seconds(lambda: requests.get(url, timeout=600), times)
+    return seconds, response.json()
 
 
 def measure(seconds, data_dir):

@@ -31,22 +31,23 @@ CPU_HOST = {"WEB_WORKERS": 1, "LOG_LEVEL": "error", "REQUEST_TIMEOUT_S": 30}
 
 
 def median_seconds(send, runs):
-    """Median seconds of `runs` calls of send(), each of which must answer 200."""
+    """Median seconds of `runs` calls of send(), each of which must answer 200, and the last
+    response."""
     seconds = []
     for _ in range(runs):
         start = time.monotonic()
         response = send()
         seconds.append(time.monotonic() - start)
         assert response.status_code == 200, response.text
-    return statistics.median(seconds)
+    return statistics.median(seconds), response
 
 
 def cpu_figures(url, batch):
     """(ms per one-task request, ms per heavy batch) against a host at `url`."""
     with requests.Session() as session:
-        one = median_seconds(lambda: session.get(url + ONE_TASK, timeout=10), ONE_TASK_RUNS)
-        heavy = median_seconds(lambda: session.post(url + "/is_prime?mode=process", json=batch,
-                                                    timeout=60), HEAVY_RUNS)
+        one, _ = median_seconds(lambda: session.get(url + ONE_TASK, timeout=10), ONE_TASK_RUNS)
+        heavy, _ = median_seconds(lambda: session.post(url + "/is_prime?mode=process",
+                                                       json=batch, timeout=60), HEAVY_RUNS)
     return one * 1000, heavy * 1000
 
 

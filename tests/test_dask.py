@@ -94,7 +94,8 @@ def test_with_the_scheduler_down_cpu_work_gets_quick_503s_and_a_scheduler_back_i
     time.sleep(QUICK_S)  # the workers' clients see the connection close
     burst = run_clients(on_dask.url + BIG_BATCH, clients=16, per_client=3)
     seconds = sorted(took for _, took, _ in burst)
-    print(f"\n48 batches with the scheduler down: median {seconds[24]:.3f} s, max {seconds[-1]:.2f} s")
+    print(f"\n48 batches with the scheduler down: median {seconds[24]:.3f} s, "
+          f"max {seconds[-1]:.2f} s")
     # One connect attempt per gunicorn worker, not one per request in turn (that took 19 s).
     assert {status for status, _, _ in burst} == {503}
     assert seconds[24] < 0.5 and seconds[-1] < QUICK_S * 2
