@@ -37,12 +37,13 @@ class Config:
     BIND = env_str("BIND", f"{HOST}:{PORT}")
     UPSTREAM_PORT = env_int("UPSTREAM_PORT", 8001)
 
-    # gunicorn: one gthread worker per core; each serves WEB_THREADS requests at once. 128 x 2
-    # workers at ~0.3 s a request is ~850 req/s of GET /, a little past what 2 cores sustain
-    # here (docs/performance.md): fewer threads cap throughput below the CPU's, and more only
-    # admit requests that then starve each other of the GIL.
+    # gunicorn: one gthread worker per core; each serves WEB_THREADS requests at once. Threads
+    # cap GET / at workers x threads / 0.3 s (Little's law): 128 x 2 capped it at ~850 req/s
+    # where the CPU allowed ~2000; 192 x 2 served 1000-1200 in the same runs. 256 x 2 served
+    # a little more, at more CPU a request and with the one answer past the deadline seen
+    # (8.3 s, 2000 clients): 192 keeps headroom for slower cores (docs/performance.md).
     WEB_WORKERS = env_int("WEB_WORKERS", os.cpu_count() or 1)
-    WEB_THREADS = env_int("WEB_THREADS", 128)
+    WEB_THREADS = env_int("WEB_THREADS", 192)
     # Pin each worker to a CPU of its own (Linux), so its threads pass the GIL on one core.
     PIN_WORKERS = env_bool("PIN_WORKERS", True)
     # Freeze what a worker holds once started, so full collections skip it (gunicorn.conf.py).
