@@ -12,7 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from config import Config
 from dev.harness import descendants, free_port, parent_of
-from tests.conftest import big_primes, run_clients, start_gunicorn, timed_get, worker_pids
+from tests.conftest import (TEST_SIZE, big_primes, run_clients, start_gunicorn, timed_get,
+                            worker_pids)
 
 DEADLINE_S = 1.0
 MARGIN_S = 0.5
@@ -175,10 +176,12 @@ def test_sigterm_answers_every_request_in_flight_then_leaves_nothing(serve, upst
 
 
 def test_overload_gives_only_200_or_503_within_the_deadline(serve, upstream):
-    # The default deployment (2 workers of WEB_THREADS threads) and the seed latency profile.
+    # The default deployment (2 workers of WEB_THREADS threads) and the seed latency profile,
+    # with three clients for every request it serves at once.
     service = serve(api_url=upstream.url + "/?delay_ms=300", REQUEST_TIMEOUT_S=2,
                     FILE_DELAY_MS=100, DB_DELAY_MS=200, WEB_THREADS=Config.WEB_THREADS)
-    results = run_clients(service.url + "/", clients=500, per_client=4, timeout_s=60)
+    clients = 3 * TEST_SIZE["WEB_WORKERS"] * Config.WEB_THREADS
+    results = run_clients(service.url + "/", clients=clients, per_client=3, timeout_s=60)
     statuses = [status for status, _, _ in results]
     warnings = [line for line in service.output().splitlines() if "WARNING" in line][:10]
     assert set(statuses) <= {200, 503}, ({s: statuses.count(s) for s in set(statuses)}, warnings)
@@ -186,7 +189,7 @@ def test_overload_gives_only_200_or_503_within_the_deadline(serve, upstream):
     assert statuses.count(200) >= 100  # still serving, not only shedding
     shed = [headers for status, _, headers in results if status == 503]
     assert shed and all(headers["Retry-After"] == "1" for headers in shed)
-    print(f"\n500 clients: {statuses.count(200)} x 200, {len(shed)} x 503, slowest "
+    print(f"\n{clients} clients: {statuses.count(200)} x 200, {len(shed)} x 503, slowest "
           f"{max(seconds for _, seconds, _ in results):.2f} s")
 
 
