@@ -19,7 +19,7 @@ import shutil
 import tempfile
 
 from config import Config
-from serving import dask_executor, pinning
+from serving import dask_executor, pinning, pool_child
 
 # What to serve: the app factory, so importing app.py builds nothing (flaskr's create_app).
 wsgi_app = "app:create_app()"
@@ -105,18 +105,8 @@ def _remove_dead_masters_metrics():
     # killer) never runs it: its directory would stay in the temp dir for good.
     for path in glob.glob(f"{_METRICS_DIR_PREFIX}*"):
         pid = path[len(_METRICS_DIR_PREFIX):]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pool_child.alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, and another user's
-        pass
-    return True
 
 
 def on_exit(server):

@@ -34,16 +34,19 @@ def _exit_with_owner(owner_pid):
     except ProcessLookupError:
         os._exit(0)
     except (AttributeError, OSError):  # no pidfd (not Linux >= 5.3): poll instead
-        while _alive(owner_pid):
+        while alive(owner_pid):
             time.sleep(OWNER_POLL_S)
         os._exit(0)
     select.select([pidfd], [], [])  # a pidfd turns readable when its process exits
     os._exit(0)
 
 
-def _alive(pid):
+def alive(pid):
+    """Whether process `pid` exists (another user's included)."""
     try:
         os.kill(pid, 0)
-        return True
     except ProcessLookupError:
         return False
+    except PermissionError:  # alive, and another user's
+        pass
+    return True
