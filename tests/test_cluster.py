@@ -1,5 +1,6 @@
 """The multi-host deployment (deploy/cluster.py) as real processes on 127.0.0.1: HAProxy, two
 gunicorn hosts, the shared PostgreSQL, a Dask scheduler and workers; bounded faults against it."""
+import collections
 import os
 import signal
 import socket
@@ -11,7 +12,7 @@ import requests
 
 from deploy import cluster as deploy
 from dev import harness
-from tests.conftest import TEST_SIZE, big_primes, timed_get
+from tests.conftest import TEST_SIZE, big_primes, missing, timed_get
 
 BIG_BATCH = "/is_prime/" + ",".join(big_primes(900, 4)) + "?mode=process"
 HOST_SIZE = {key: value for key, value in TEST_SIZE.items() if key != "WEB_WORKERS"}
@@ -27,9 +28,7 @@ def haproxy():
     """HAProxy's path; installed when missing (as root). Skips without it, except under CI."""
     path = harness.ensure_installed("haproxy", "haproxy")
     if not path:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but HAProxy could not be installed")
-        pytest.skip("no HAProxy")
+        missing("HAProxy is not installed and could not be")
     return path
 
 
@@ -123,9 +122,7 @@ def test_a_killed_host_fails_no_get_and_its_return_is_picked_up(site):
         stop.set()
         for client in clients:
             client.join(timeout=30)
-    statuses = {}
-    for _, status, _ in results:
-        statuses[status] = statuses.get(status, 0) + 1
+    statuses = collections.Counter(status for _, status, _ in results)
     first_back = min((at for at, _, host in results if at > returned_at and host == "host1"),
                      default=float("nan"))
     print(f"\nkill a host under load: {statuses}; the host served again "
