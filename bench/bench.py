@@ -10,7 +10,6 @@ import csv
 import io
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -22,14 +21,13 @@ from pathlib import Path
 import requests
 
 from bench import multihost
+from bench.clients import SETTLE_S, median_seconds, wrk
 from bench.workloads import SEED_NUMBER, SEED_WORKLOAD, big_primes
 from config import Config
 from dev.harness import (REPORTS, Service, cpu_seconds, deployment, descendants,
                          ensure_installed, free_port)
 CONCURRENCY = (1, 50, 200, 500)
 FLOOR_S = 0.300  # the slowest read of the seed profile
-WRK_TIMEOUT_S = 10
-SETTLE_S = 2.0
 # Overload: GET / from this many clients each; hey logs every response, so the 200s and the 503s
 # get latencies of their own. Goodput is the 200s answered within the deadline, per second.
 OVERLOAD_CONCURRENCY = (50, 200, 500, 1000, 2000)
@@ -44,33 +42,6 @@ DISPATCH_RUN_S = 2
 # The seed app keeps the seed's 6-thread pool; its gunicorn gets threads enough for every client,
 # so what limits it is that pool, not the server.
 SEED_THREADS = 256
-
-
-def wrk(url, connections, seconds, settle_s=None):
-    """Load `url` from `connections` keep-alive connections; return its figures."""
-    assert url.startswith("http://127.0.0.1:")
-    time.sleep(SETTLE_S if settle_s is None else settle_s)  # let queued requests drain first
-    out = subprocess.run(
-        ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--latency",
-         "--timeout", f"{WRK_TIMEOUT_S}s", url],
-        capture_output=True, text=True, check=True).stdout
-    total = int(re.search(r"(\d+) requests in ([\d.]+)(\w+)", out).group(1))
-    duration = _seconds(*re.search(r"requests in ([\d.]+)(\w+)", out).groups())
-    non_2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
-    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    return {
-        "connections": connections,
-        "rps": total / duration,
-        "ok_rps": (total - non_2xx) / duration,
-        "p50_ms": _seconds(*re.search(r" 50%\s+([\d.]+)(\w+)", out).groups()) * 1000,
-        "p99_ms": _seconds(*re.search(r" 99%\s+([\d.]+)(\w+)", out).groups()) * 1000,
-        "non_2xx": non_2xx,
-        "errors": errors,
-    }
-
-
-def _seconds(value, unit):
-    return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
 
 
 def deployment_pids(service, upstream=None):
@@ -110,7 +81,7 @@ def seed_app(module, threads):
 
 def timed_get(url, times):
     """Median seconds of `times` sequential GETs of url, and the last body."""
-    seconds, response = multihost.median_seconds(lambda: requests.get(url, timeout=600), times)
+    seconds, response = median_seconds(lambda: requests.get(url, timeout=600), times)
     return seconds, response.json()
 
 
@@ -441,7 +412,7 @@ def main(argv=None):
         print(write_report(results, args.seconds))
         missed = [row for row in targets(results) if not row[3]]
     if args.part != "one-host":
-        print(multihost.write_report(multihost.measure(args.seconds, wrk)))
+        print(multihost.write_report(multihost.measure(args.seconds)))
     return 1 if args.strict and missed else 0
 
 

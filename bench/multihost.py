@@ -14,6 +14,7 @@ from pathlib import Path
 import requests
 
 from bench import workloads
+from bench.clients import median_seconds, wrk
 from config import Config
 from deploy import cluster as deploy
 from dev import harness
@@ -28,18 +29,6 @@ BALANCED_CLIENTS = 200
 BALANCED_ROUNDS = 3
 # The heavy batch takes more than the default 2 s budget on one Dask worker: time it, not the 504.
 CPU_HOST = {"WEB_WORKERS": 1, "LOG_LEVEL": "error", "REQUEST_TIMEOUT_S": 30}
-
-
-def median_seconds(send, runs):
-    """Median seconds of `runs` calls of send(), each of which must answer 200, and the last
-    response."""
-    seconds = []
-    for _ in range(runs):
-        start = time.monotonic()
-        response = send()
-        seconds.append(time.monotonic() - start)
-        assert response.status_code == 200, response.text
-    return statistics.median(seconds), response
 
 
 def cpu_figures(url, batch):
@@ -77,7 +66,7 @@ def measure_cpu(data_dir, upstream_url):
     return results
 
 
-def measure_balanced(seconds, upstream_url, wrk):
+def measure_balanced(seconds, upstream_url):
     """GET / at BALANCED_CLIENTS clients: one host, HAProxy with one host, with two hosts;
     BALANCED_ROUNDS rounds, each in another order; the median of each figure."""
     runs = {label: [] for label in BALANCED}
@@ -144,14 +133,13 @@ def _comm(pid):
         return None
 
 
-def measure(seconds, wrk):
-    """Every comparison of this module, as a dict; `wrk` is bench.wrk (handed in, since bench
-    imports this module)."""
+def measure(seconds):
+    """Every comparison of this module, as a dict."""
     upstream = harness.start_upstream(delay_ms=Config.API_DELAY_MS)
     try:
         with tempfile.TemporaryDirectory() as data_dir:
             cpu = measure_cpu(data_dir, upstream.url + "/")
-        return {"cpu": cpu, "balanced": measure_balanced(seconds, upstream.url + "/", wrk)}
+        return {"cpu": cpu, "balanced": measure_balanced(seconds, upstream.url + "/")}
     finally:
         upstream.stop()
 

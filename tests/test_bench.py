@@ -3,7 +3,7 @@ import subprocess
 
 import pytest
 
-from bench import bench
+from bench import bench, clients
 
 WRK_OUTPUT = """Running 8s test @ http://127.0.0.1:8000/
   1 threads and 200 connections
@@ -22,9 +22,9 @@ Requests/sec:    427.00
 
 
 def test_wrk_output_is_parsed(monkeypatch):
-    monkeypatch.setattr(bench, "SETTLE_S", 0)
+    monkeypatch.setattr(clients, "SETTLE_S", 0)
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, WRK_OUTPUT))
-    figures = bench.wrk("http://127.0.0.1:8000/", 200, 8)
+    figures = clients.wrk("http://127.0.0.1:8000/", 200, 8)
     assert figures["rps"] == pytest.approx(427) and figures["ok_rps"] == pytest.approx(139)
     assert figures["p50_ms"] == pytest.approx(421) and figures["p99_ms"] == pytest.approx(1200)
     assert figures["non_2xx"] == 2304 and figures["errors"] == 5
@@ -32,7 +32,7 @@ def test_wrk_output_is_parsed(monkeypatch):
 
 def test_wrk_refuses_other_hosts():
     with pytest.raises(AssertionError):
-        bench.wrk("http://10.0.0.1:8000/", 1, 1)
+        clients.wrk("http://10.0.0.1:8000/", 1, 1)
 
 
 def results(service_rps=(3, 165, 660, 1100), p50=300, p99=340,
