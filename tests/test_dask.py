@@ -7,6 +7,7 @@ import time
 import pytest
 import requests
 
+from config import Config
 from dev import harness
 from tests.conftest import big_primes, run_clients, start_gunicorn, timed_get
 
@@ -112,6 +113,9 @@ def test_with_the_scheduler_down_cpu_work_gets_quick_503s_and_a_scheduler_back_i
                 requests.get(on_dask.url + BIG_BATCH, timeout=30).status_code != 200:
             time.sleep(0.2)
         print(f"the scheduler back: a 200 after {time.monotonic() - returned_at:.2f} s")
+        # That worker connected; another may still be in the pause after its failed connect
+        # (which took up to READY_TIMEOUT_S).
+        time.sleep(Config.READY_TIMEOUT_S + Config.DASK_RECONNECT_S)
         after = requests.get(on_dask.url + BIG_BATCH, timeout=30)
         assert after.status_code == 200 and all(after.json().values())
     finally:
