@@ -3,6 +3,7 @@
 gunicorn builds it with `create_app()` (gunicorn.conf.py's wsgi_app); importing this builds nothing.
 """
 import logging
+import math
 import time
 
 from flask import Blueprint, Flask, current_app, g, jsonify, make_response, request
@@ -13,7 +14,7 @@ import openapi
 import pages
 import telemetry
 from config import Config
-from pools import PoolRestarted, Pools, Saturated
+from pools import ExecutorFailed, PoolRestarted, Pools, Saturated
 from serving import worker
 from serving.admission import is_work, refusal
 from services import primes
@@ -92,12 +93,12 @@ def create_app(test_config=None):
         ApiSource(cfg["API_URL"]),
     ]
     app.extensions["sources"] = {source.name: source for source in sources}
+    primes.calibrate()  # admission by cost needs this machine's speed
     app.extensions["pools"] = Pools(
         # A thread for every pooled read of every request a worker can serve at once.
         thread_size=cfg["THREAD_POOL_SIZE"] or cfg["WEB_THREADS"] * (len(sources) - 1),
         process_size=cfg["PROCESS_POOL_SIZE"],
         thread_queue=cfg["THREAD_QUEUE_LIMIT"],
-        process_queue=cfg["PROCESS_QUEUE_LIMIT"],
         process_preload=[primes.__name__],
         cpu_executor=cfg["CPU_EXECUTOR"],
         connect_timeout_s=cfg["READY_TIMEOUT_S"],
@@ -114,6 +115,7 @@ def create_app(test_config=None):
     app.register_error_handler(Saturated, _unavailable)
     app.register_error_handler(PoolRestarted, _unavailable)
     app.register_error_handler(TimeoutError, _timed_out)
+    app.register_error_handler(ExecutorFailed, _bad_gateway)
     return app
 
 
@@ -185,6 +187,9 @@ def is_prime_post():
         items = current_app.json.loads(request.get_data(), parse_int=str)
     except ValueError as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # json's decoder stops at the interpreter's recursion limit
+        raise BadRequest("the body is nested too deeply: it must be a flat JSON list of "
+                         "integers") from exc
     if not isinstance(items, list):
         raise BadRequest("the body must be a JSON list of integers")
     return _check_primes(items)
@@ -210,7 +215,7 @@ def readyz():
                                 run_here=READ_IN_REQUEST_THREAD)
         checks["thread_pool"] = "ok"
         checks.update({n: _describe(o.error) if o.error else "ok" for n, o in outcomes.items()})
-    except (Saturated, PoolRestarted, TimeoutError) as exc:
+    except (Saturated, PoolRestarted, ExecutorFailed, TimeoutError) as exc:
         checks["pools"] = _describe(exc)
     ready = all(result == "ok" for result in checks.values())
     response = jsonify({"status": "ready" if ready else "unavailable", "checks": checks})
@@ -234,21 +239,31 @@ def metrics():
 def _check_primes(items):
     cfg = current_app.config
     mode = _choice("mode", PRIME_MODES)
-    numbers = primes.parse_items(items, cfg["PRIME_MAX_ITEMS"], cfg["PRIME_MAX_DIGITS"])
+    pools = current_app.extensions["pools"]
+    cores = 1 if mode == "inline" else pools.process_size
+    numbers = primes.parse_items(items, cfg["PRIME_MAX_ITEMS"], cfg["PRIME_MAX_DIGITS"],
+                                 max_cpu_s=cores * cfg["REQUEST_TIMEOUT_S"])
     values = list(numbers.values())
     if mode == "auto":
         estimated_ms = sum(primes.cost_us(n) for n in values) / 1000
         mode = "process" if estimated_ms > cfg["PRIME_INLINE_BUDGET_MS"] else "inline"
+    # Check the deadline between numbers, on the wall clock (a Dask worker's host has its own
+    # monotonic clock), so that no CPU is spent past it.
+    stop_at = time.time() + (g.deadline - time.monotonic())
     if mode == "inline":
-        results = primes.check_batch(values)
-    else:
-        pools = current_app.extensions["pools"]
-        groups = primes.split_by_cost(values, pools.process_size)
-        chunks = [[values[i] for i in group] for group in groups]
-        results = [None] * len(values)
-        for group, chunk in zip(groups, pools.map_cpu(primes.check_batch, chunks, g.deadline)):
-            for position, result in zip(group, chunk):
-                results[position] = result
+        return jsonify(dict(zip(numbers, primes.check_batch(values, stop_at))))
+    parts = max(pools.process_size,
+                math.ceil(sum(primes.cost_us(n) for n in values) / 1000 / cfg["CPU_CHUNK_MS"]))
+    groups = primes.split_by_cost(values, parts)
+    # Python ints, not gmpy2's: a Dask scheduler unpickles the task without needing gmpy2.
+    chunks = [[int(values[i]) for i in group] for group in groups]
+    costs = [primes.least_cost_s(chunk) for chunk in chunks]
+    results = [None] * len(values)
+    answers = pools.map_cpu(primes.check_chunk, [(chunk, stop_at) for chunk in chunks],
+                            g.deadline, costs=costs, priority=sum(costs))
+    for group, chunk in zip(groups, answers):
+        for position, result in zip(group, chunk):
+            results[position] = result
     return jsonify(dict(zip(numbers, results)))
 
 
@@ -299,4 +314,8 @@ def _unavailable(exc):
 
 def _timed_out(exc):
     return _error(504, str(exc))
+
+
+def _bad_gateway(exc):
+    return _error(502, str(exc))
 

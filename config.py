@@ -99,10 +99,13 @@ class Config:
     # After a failed connect to the Dask scheduler (READY_TIMEOUT_S), a worker answers 503 at
     # once for this long before it tries again: how soon a scheduler that is back is used.
     DASK_RECONNECT_S = env_float("DASK_RECONNECT_S", 2.0)
-    # Tasks a pool may hold beyond one per worker before it answers 503 (the stdlib's queues
-    # have no bound). A sized thread pool needs no queue; CPU work waits at most a few chunks.
+    # Reads the thread pool may hold beyond one per thread before it answers 503 (the stdlib's
+    # queue has no bound); a thread pool sized as above needs none. CPU work is admitted by its
+    # estimated cost instead: only what can finish by its deadline (pools.py).
     THREAD_QUEUE_LIMIT = env_int("THREAD_QUEUE_LIMIT", 0)
-    PROCESS_QUEUE_LIMIT = env_int("PROCESS_QUEUE_LIMIT", 4 * PROCESS_POOL_SIZE)
+    # A big batch is cut into chunks of about this much CPU (a prime's estimate), so that a
+    # small batch, which goes first, waits for one running chunk at most.
+    CPU_CHUNK_MS = env_float("CPU_CHUNK_MS", 20.0)
 
     LOG_LEVEL = env_str("LOG_LEVEL", "info")
 

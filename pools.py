@@ -8,26 +8,34 @@
         wait until done or deadline <-- Future per call <------------ value or error
         cancel what has not started
 
-    request thread                 process pool (CPU, forkserver)
-    --------------                 ------------------------------
-    map_cpu(fn, chunks, deadline) --> admit (else Saturated: 503)
-                                      submit one chunk per task --> fn(chunk) in a child
-        join in chunk order, or TimeoutError at the deadline <----- results
+    request thread                 CPU queue (cheapest batch first)   executor (processes or Dask)
+    --------------                 --------------------------------   ----------------------------
+    map_cpu(fn, chunks, deadline, --> admit if the work ahead and its
+            costs, priority)          own fit by the deadline (else Saturated: 503)
+                                      `size` chunks at a time -------> fn(chunk) in a child
+        join in chunk order <------------------------------------------ results
+        at the deadline: TimeoutError; queued chunks are cancelled, a running fn stops itself
         BrokenProcessPool: drop the broken pool (PoolRestarted: 503); the next call builds anew
 
-The stdlib executors queue without bound, so each pool has a gate that admits at most
-`size + queue_limit` tasks and refuses the rest at once: under overload a client gets a quick 503
-instead of a wait that grows. Executors and gates are per process (serving.per_process): created
-on first use in the process that uses them, never inherited across a fork.
+The stdlib executors queue without bound and in arrival order, so a flood of big batches would
+hold every process for seconds and make a small batch wait behind them. The thread pool has a gate
+that admits at most `size + queue_limit` tasks and refuses the rest at once. CPU work waits in a
+queue of this module's, which gives the executor no more chunks than it has processes, takes the
+cheapest batch first (shortest job first: a small batch waits for one running chunk, not for the
+flood), and admits a batch only if its cost and the cost queued ahead of it fit in the cores by
+its deadline. Executors, gates and queues are per process (serving.per_process): created on
+first use in the process that uses them, never inherited across a fork.
 """
 import contextvars
+import heapq
+import itertools
 import math
 import multiprocessing
 import os
 import threading
 import time
 import weakref
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
@@ -36,6 +44,8 @@ from serving import dask_executor, pool_child
 from serving.per_process import PerProcess
 
 _instances = weakref.WeakSet()
+# The estimated CPU seconds of a chunk whose caller gives no estimate (/readyz's check, tests).
+NOMINAL_COST_S = 0.001
 
 
 @dataclass
@@ -60,6 +70,11 @@ class Saturated(Exception):
 class PoolRestarted(Exception):
     """The CPU executor failed under a call (a pool process was killed, or the Dask cluster lost
     the task or cannot be reached); the next call gets a fresh one."""
+
+
+class ExecutorFailed(Exception):
+    """The Dask cluster raised an error that is not the task's own answer (its workers cannot
+    import what the task needs, say); the caller should answer 502."""
 
 
 class _Gate:
@@ -92,13 +107,109 @@ class _Gate:
         telemetry.POOL_QUEUED.labels(self.pool).set(max(0, self._held - self.size))
 
 
+class _CpuQueue:
+    """Chunks of CPU work waiting for the executor: the cheapest batch first, at most `size` in
+    the executor at once, and a batch admitted only if it can finish by its deadline."""
+
+    def __init__(self, size, executor):
+        self.size = size
+        self._executor = executor  # returns the current executor (a broken one is replaced)
+        self._waiting = []  # a heap of (priority, order of arrival, _Chunk)
+        self._arrivals = itertools.count()
+        self._running = []
+        self._lock = threading.Lock()
+        self._pumping = threading.local()
+
+    def submit_all(self, fn, chunks, costs, priority, deadline):
+        """Queue fn(chunk) for every chunk, or none (Saturated) if the estimated work ahead of
+        them and their own `costs` (CPU seconds) cannot be done on `size` processes by the
+        deadline; return a Future each."""
+        with self._lock:
+            # Cancelled chunks (their request passed its deadline) leave the queue here.
+            self._waiting = [entry for entry in self._waiting
+                             if not entry[2].future.cancelled()]
+            heapq.heapify(self._waiting)
+            ahead = sum(chunk.cost for chunk in self._running)
+            ahead += sum(entry[2].cost for entry in self._waiting if entry[0] <= priority)
+            if (ahead + sum(costs)) / self.size > deadline - time.monotonic():
+                telemetry.REJECTED.labels("process_pool_full").inc()
+                raise Saturated("process")
+            new = [_Chunk(fn, chunk, cost) for chunk, cost in zip(chunks, costs)]
+            for chunk in new:
+                heapq.heappush(self._waiting, (priority, next(self._arrivals), chunk))
+            self._publish()
+        self._pump()
+        return [chunk.future for chunk in new]
+
+    def cancel_all(self):
+        """Cancel every chunk still waiting (the executor is shutting down)."""
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+            self._publish()
+        for _, _, chunk in waiting:
+            chunk.future.cancel()
+
+    def _pump(self):
+        # A chunk that ends at once calls _finish, and so _pump, from inside this loop: the
+        # outer call carries on instead, so the stack does not grow with the queue.
+        if getattr(self._pumping, "active", False):
+            return
+        self._pumping.active = True
+        try:
+            while chunk := self._next():
+                try:
+                    inner = self._executor().submit(chunk.fn, chunk.arg)
+                except BaseException as exc:  # noqa: BLE001 - a broken or unreachable executor
+                    self._finish(chunk, exc=exc)
+                else:
+                    inner.add_done_callback(lambda done, chunk=chunk: self._finish(chunk, done))
+        finally:
+            self._pumping.active = False
+
+    def _next(self):
+        with self._lock:
+            while self._waiting and len(self._running) < self.size:
+                _, _, chunk = heapq.heappop(self._waiting)
+                if chunk.future.set_running_or_notify_cancel():
+                    self._running.append(chunk)
+                    self._publish()
+                    return chunk
+            return None
+
+    def _finish(self, chunk, done=None, exc=None):
+        with self._lock:
+            self._running.remove(chunk)
+            self._publish()
+        if exc is None:
+            exc = done.exception() if not done.cancelled() else PoolRestarted("the task was lost")
+        if exc is None:
+            chunk.future.set_result(done.result())
+        else:
+            chunk.future.set_exception(exc)
+        self._pump()
+
+    def _publish(self):
+        telemetry.POOL_BUSY.labels("process").set(len(self._running))
+        telemetry.POOL_QUEUED.labels("process").set(len(self._waiting))
+
+
+@dataclass(eq=False)
+class _Chunk:
+    fn: object
+    arg: object
+    cost: float
+    future: Future = None
+
+    def __post_init__(self):
+        self.future = Future()
+
+
 class Pools:
     """Owns one ThreadPoolExecutor and one CPU executor per process, created lazily: a
     ProcessPoolExecutor, or a Dask cluster's executor (CPU_EXECUTOR)."""
 
-    def __init__(self, thread_size, process_size, thread_queue=0, process_queue=0,
-                 process_preload=(), cpu_executor="process", connect_timeout_s=1.0,
-                 reconnect_after_s=2.0):
+    def __init__(self, thread_size, process_size, thread_queue=0, process_preload=(),
+                 cpu_executor="process", connect_timeout_s=1.0, reconnect_after_s=2.0):
         self.thread_size = thread_size
         self.process_size = process_size
         # The Dask scheduler's address, or None for this process's own pool (ValueError if the
@@ -109,11 +220,12 @@ class Pools:
         self._connect_timeout_s = connect_timeout_s
         self._reconnect_after_s = reconnect_after_s
         self._connect_failed_at = -math.inf  # time.monotonic() of the last failed connect
-        self._process_preload = [pool_child.__name__, *process_preload]
+        # The modules the work needs: preloaded by the forkserver, shipped by value to Dask.
+        self._work_modules = list(process_preload)
         # The CPUs this process may use now, before gunicorn.conf.py pins a worker to one of them.
         self._cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
         self._thread_gate = PerProcess(lambda: _Gate("thread", thread_size, thread_queue))
-        self._process_gate = PerProcess(lambda: _Gate("process", process_size, process_queue))
+        self._cpu_queue = PerProcess(lambda: _CpuQueue(process_size, self.process_pool))
         self._threads = PerProcess(self._new_thread_pool)
         self._processes = PerProcess(self._new_cpu_executor)
         _instances.add(self)
@@ -128,7 +240,7 @@ class Pools:
         # forkserver, not fork: forking a multi-threaded gunicorn worker can copy a lock held by
         # another thread into the child, which then deadlocks.
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(self._process_preload)
+        context.set_forkserver_preload([pool_child.__name__, *self._work_modules])
         telemetry.POOL_SIZE.labels("process").set(self.process_size)
         return ProcessPoolExecutor(self.process_size, mp_context=context,
                                    initializer=pool_child.init, initargs=(os.getpid(), self._cpus))
@@ -144,7 +256,8 @@ class Pools:
                 f"no Dask scheduler at {self.dask_address} {waited_s:.1f} s ago; trying again "
                 f"in {self._reconnect_after_s - waited_s:.1f} s")
         try:
-            return dask_executor.DaskExecutor(self.dask_address, self._connect_timeout_s)
+            return dask_executor.DaskExecutor(self.dask_address, self._connect_timeout_s,
+                                              ship=self._work_modules)
         except dask_executor.SchedulerUnavailable:
             self._connect_failed_at = time.monotonic()
             raise
@@ -191,21 +304,25 @@ class Pools:
                 _record(name, "timeout", outcomes[name])
         return {name: outcomes[name] for name in calls}
 
-    def map_cpu(self, fn, chunks, deadline):
+    def map_cpu(self, fn, chunks, deadline, *, costs=None, priority=0.0):
         """Return [fn(chunk) for chunk in chunks], each chunk in a pool process.
 
-        Raises TimeoutError at the deadline (cancelling chunks not started), Saturated when the
-        pool is full, PoolRestarted when a child died or the Dask cluster failed the task or
-        cannot be reached.
+        `costs` are the chunks' estimated CPU seconds (by default NOMINAL_COST_S each) and
+        `priority` orders batches (the lower, the sooner: a batch's cost). A chunk running at the
+        deadline runs on unless fn stops itself by then. Raises TimeoutError at the deadline
+        (cancelling chunks not started), Saturated when the work queued ahead leaves no time for
+        this batch, PoolRestarted when a child died or the Dask cluster lost the task or cannot
+        be reached, ExecutorFailed when the Dask cluster fails it otherwise.
         """
         try:
             pool = self.process_pool()
         except dask_executor.SchedulerUnavailable as exc:
             raise PoolRestarted(str(exc)) from exc
+        if costs is None:
+            costs = [NOMINAL_COST_S] * len(chunks)
+        futures = self._cpu_queue.get().submit_all(fn, chunks, costs, priority, deadline)
         self._cpu_tasks.inc(len(chunks))
         try:
-            futures = self._submit_all(pool, self._process_gate.get(),
-                                       [(fn, chunk) for chunk in chunks])
             _, pending = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
             if pending:
                 for future in pending:
@@ -222,12 +339,19 @@ class Pools:
         except getattr(pool, "lost_errors", ()) as exc:  # Dask: the cluster failed, not the task
             raise PoolRestarted(f"the Dask cluster lost the task: {type(exc).__name__}: {exc}") \
                 from exc
-        except RuntimeError as exc:
+        except (TimeoutError, PoolRestarted):
+            raise
+        except Exception as exc:
+            if self.dask_address is not None:
+                # A plain Dask worker that cannot import or unpickle what the task needs raises
+                # here: the cluster's failure, not the task's answer.
+                raise ExecutorFailed(f"Dask workers cannot run the prime check: "
+                                     f"{type(exc).__name__}: {exc}") from exc
             # "cannot schedule new futures after shutdown": another thread found this pool
             # broken and replaced it between our process_pool() and submit().
-            if self._processes.peek() is pool:
-                raise
-            raise PoolRestarted("a prime-check process died; the pool was rebuilt") from exc
+            if isinstance(exc, RuntimeError) and self._processes.peek() is not pool:
+                raise PoolRestarted("a prime-check process died; the pool was rebuilt") from exc
+            raise
 
     def _drop(self, pool):
         """Forget a CPU executor that failed, so the next call builds one anew; whether this
@@ -270,6 +394,9 @@ class Pools:
 
     def shutdown(self):
         """Stop both executors of this process, waiting for the work they hold."""
+        queue = self._cpu_queue.peek()
+        if queue is not None:
+            queue.cancel_all()
         for executors in (self._threads, self._processes):
             executor = executors.peek()
             if executor is not None and executors.discard(executor):

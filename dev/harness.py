@@ -203,12 +203,14 @@ def start_dask_scheduler(port=None):
     dashboard."""
     port = port or free_port()
     return Service([_dask_cli(), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                    "--no-dashboard"], port, _DASK_ENV, ready_path=None)
+                    "--no-dashboard"], port, _PLAIN_ENV, ready_path=None)
 
 
-def start_dask_worker(scheduler, name):
+def start_dask_worker(scheduler, name, preload=None):
     """A Dask worker of one thread for `scheduler`, ready once the scheduler knows it. Without a
-    nanny, so that killing it loses it (a nanny would restart it)."""
+    nanny, so that killing it loses it (a nanny would restart it). A plain worker, as on
+    another host: this checkout is not importable there (tasks bring their code); `preload` is
+    a script it runs first."""
     address = f"tcp://127.0.0.1:{scheduler.port}"
 
     def known(_what):
@@ -219,11 +221,13 @@ def start_dask_worker(scheduler, name):
 
     command = [_dask_cli(), "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
                "--no-nanny", "--no-dashboard", "--name", name]
-    return Service(command, None, _DASK_ENV, ready_path=None, is_ready=known)
+    if preload:
+        command += ["--preload", str(preload)]
+    return Service(command, None, _PLAIN_ENV, ready_path=None, is_ready=known)
 
 
-# The scheduler and the workers unpickle the tasks, which name this checkout's services.primes.
-_DASK_ENV = {"PYTHONPATH": str(ROOT)}
+# Nothing of this checkout on the path of a scheduler or a worker.
+_PLAIN_ENV = {"PYTHONPATH": ""}
 
 
 def _dask_cli():

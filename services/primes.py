@@ -1,5 +1,7 @@
 """Primality with GMP: parsing and validating requests, the test itself, and its cost estimate."""
-import re
+import heapq
+import math
+import time
 
 import gmpy2
 
@@ -8,7 +10,6 @@ import gmpy2
 _MR_BASES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41)
 _MR_EXACT_BELOW = 3317044064679887385961981
 _SMALL_PRIMES = frozenset(_MR_BASES)
-_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 class InputError(ValueError):
@@ -34,25 +35,84 @@ def is_prime(n):
     return gmpy2.is_strong_bpsw_prp(n)
 
 
-def check_batch(numbers):
-    """Return [is_prime(n) for n in numbers]; the unit of work sent to a pool process."""
-    return [is_prime(n) for n in numbers]
+def check_batch(numbers, stop_at=None):
+    """Return [is_prime(n) for n in numbers], the unit of work of a pool process; raise
+    TimeoutError, between two numbers, once time.time() is past `stop_at`."""
+    results = []
+    for n in numbers:
+        # Wall-clock time, not monotonic: a Dask worker on another host has its own monotonic
+        # clock. The longest a check can run late is one number's test.
+        if stop_at is not None and time.time() > stop_at:
+            raise TimeoutError(f"the prime check passed its deadline after {len(results)} of "
+                               f"{len(numbers)} numbers")
+        results.append(is_prime(n))
+    return results
+
+
+def check_chunk(chunk):
+    """check_batch(*chunk) for a (numbers, stop_at) pair: a plain function of this module, which
+    Dask ships by value (a functools.partial would be pickled by reference)."""
+    return check_batch(*chunk)
+
+
+# Fitted to gmpy2 2.3 / GMP 6.3 timings of primes: 15 digits ~20 us, 100 ~640 us, 900 ~99 ms on
+# the machine of the fit; calibrate() rescales it to the machine it runs on.
+_scale = 1.0
+# A composite without small factors fails the first strong-probable-prime round: 8 % of a
+# prime's time at 50 digits, 11 % at 100, 16 % at 300, 23 % at 1000 here, about
+# 0.1 x (digits / 100) ** 0.3. A batch's least cost counts every number as a composite.
+def _composite_share(digits):
+    return 0.1 * (digits / 100) ** 0.3
+
+
+_CALIBRATION_PRIME = gmpy2.next_prime(gmpy2.mpz(10) ** 299)
+_SCALE_BOUNDS = (0.25, 4.0)
 
 
 def cost_us(n):
     """Estimate the CPU time of is_prime(n) in microseconds (a prime's; composites are cheaper)."""
-    digits = gmpy2.num_digits(n, 10)
-    # Fitted to gmpy2 2.3 / GMP 6.3 timings here: 15 digits ~20 us, 100 ~640 us, 900 ~99 ms.
-    return 20 + digits**2.2 / 40
+    return _cost_of_digits_us(gmpy2.num_digits(n, 10))
 
 
-def parse_items(items, max_items, max_digits):
-    """Turn request items into distinct integers keyed by canonical decimal, in request order."""
+def least_cost_s(numbers):
+    """The CPU seconds a batch takes at least, if none of its numbers is prime."""
+    return _least_s(gmpy2.num_digits(n, 10) for n in numbers)
+
+
+def _cost_of_digits_us(digits):
+    return (20 + digits**2.2 / 40) * _scale
+
+
+def _least_s(digit_counts):
+    return sum(_cost_of_digits_us(d) * _composite_share(d) for d in digit_counts) / 1e6
+
+
+def calibrate(rounds=3):
+    """Rescale cost_us to this machine: time a 300-digit prime's test (a few ms) and return
+    the new scale (bounded, so one preempted round cannot make it absurd)."""
+    global _scale
+    fitted = cost_us(_CALIBRATION_PRIME) / _scale
+    best = min(_time_us(is_prime, _CALIBRATION_PRIME) for _ in range(rounds))
+    _scale = min(max(best / fitted, _SCALE_BOUNDS[0]), _SCALE_BOUNDS[1])
+    return _scale
+
+
+def _time_us(fn, arg):
+    start = time.perf_counter()
+    fn(arg)
+    return (time.perf_counter() - start) * 1e6
+
+
+def parse_items(items, max_items, max_digits, max_cpu_s=math.inf):
+    """Turn request items into distinct integers keyed by canonical decimal, in request order.
+
+    InputError (413) when their least cost is over `max_cpu_s` seconds of CPU, checked before
+    any item is converted: refusing a flood of the largest batches costs little."""
     if len(items) > max_items:
         raise InputError(f"too many numbers: {len(items)} > {max_items}; send fewer", 413)
-    numbers = {}
+    digit_counts = {}  # distinct items, by their text
     for position, item in enumerate(items, start=1):
-        if not isinstance(item, str) or not _INTEGER.fullmatch(item):
+        if not _is_integer_text(item):
             raise InputError(
                 f"item {position} ({_preview(item)}) is not an integer: "
                 "expected an optional sign and ASCII digits 0-9"
@@ -60,16 +120,36 @@ def parse_items(items, max_items, max_digits):
         digits = len(item.lstrip("+-").lstrip("0")) or 1
         if digits > max_digits:
             raise InputError(f"item {position} has {digits} digits; the limit is {max_digits}", 413)
+        digit_counts[item] = digits
+    if not digit_counts:
+        raise InputError("no numbers given")
+    least_s = _least_s(digit_counts.values())
+    if least_s > max_cpu_s:
+        raise InputError(f"the batch needs at least {least_s:.1f} s of CPU, more than the "
+                         f"{max_cpu_s:.1f} s its cores can give it by the deadline; send fewer "
+                         "or smaller numbers", 413)
+    numbers = {}
+    for item in digit_counts:
         # gmpy2 parses without CPython's 4300-digit int limit and canonicalises 007 and -0.
         number = gmpy2.mpz(item)
         numbers.setdefault(number.digits(10), number)
-    if not numbers:
-        raise InputError("no numbers given")
     return numbers
 
 
+def _is_integer_text(item):
+    """Whether `item` is a str of an optional sign and ASCII digits (str methods, not a regular
+    expression: a third of the time, on the 1 MB bodies a flood sends)."""
+    if not isinstance(item, str):
+        return False
+    digits = item[1:] if item[:1] in ("+", "-") else item
+    return digits.isascii() and digits.isdigit()
+
+
 def _preview(item, width=20):
-    """Show a bad item in an error message without echoing a huge value back."""
+    """Show a bad item in an error message without echoing a huge value back (nor taking the
+    repr of a deeply nested list, which may exhaust the stack)."""
+    if isinstance(item, (list, dict)):
+        return "a list" if isinstance(item, list) else "an object"
     text = repr(item)
     return text if len(text) <= width else text[:width] + "..."
 
@@ -78,10 +158,10 @@ def split_by_cost(numbers, parts):
     """Split positions 0..len(numbers)-1 into up to `parts` groups of about equal estimated cost."""
     costs = [cost_us(n) for n in numbers]
     groups = [[] for _ in range(max(1, min(parts, len(numbers))))]
-    loads = [0.0] * len(groups)
+    loads = [(0.0, index) for index in range(len(groups))]  # a heap: the lightest on top
     # Longest first onto the least-loaded group: within 4/3 of the best split (Graham's LPT rule).
     for position in sorted(range(len(numbers)), key=costs.__getitem__, reverse=True):
-        lightest = loads.index(min(loads))
+        load, lightest = loads[0]
         groups[lightest].append(position)
-        loads[lightest] += costs[position]
+        heapq.heapreplace(loads, (load + costs[position], lightest))
     return groups

@@ -11,7 +11,17 @@ Tasks are submitted with pure=False: with Dask's default (pure=True) two request
 chunk would share one task, and a request cancelling its tasks at its deadline would cancel the
 other's too. Dask reruns a task whose worker died (up to the scheduler's allowed-failures, 3);
 only when that fails too does the request get a 503.
+
+Tasks carry the project's code with them: the modules named in `ship` (services.primes) are
+pickled by value (cloudpickle.register_pickle_by_value), so a plain `dask worker` anywhere, with
+gmpy2 installed but not this checkout, can run them. Dask pickles a whole task graph with the
+stdlib's pickle first, which would name the function by reference (and the scheduler, which
+unpickles the graph, could not import it), so each function goes as cloudpickle's bytes
+(_ByValue). A worker that cannot run it (no gmpy2) fails the task, and pools.map_cpu answers
+with a 502 naming the cause.
 """
+import functools
+import importlib
 from concurrent.futures import BrokenExecutor, CancelledError, Executor
 from urllib.parse import urlsplit
 
@@ -41,12 +51,15 @@ def parse(setting):
 class DaskExecutor(Executor):
     """A distributed.Client's executor, and the Client it needs."""
 
-    def __init__(self, address, connect_timeout_s):
+    def __init__(self, address, connect_timeout_s, ship=()):
+        import cloudpickle
         from distributed import Client
         from distributed.comm.core import CommClosedError
         from distributed.scheduler import KilledWorker
 
         self.address = address
+        for name in (__name__, *ship):
+            cloudpickle.register_pickle_by_value(importlib.import_module(name))
         # What a task's result raises when the cluster, not the task, failed. (Not OSError:
         # map_cpu's own TimeoutError at the deadline is one, and must stay a 504.)
         self.lost_errors = (KilledWorker, CommClosedError, CancelledError)
@@ -62,7 +75,7 @@ class DaskExecutor(Executor):
             raise SchedulerUnavailable(f"the Dask scheduler at {self.address} is "
                                        f"{self._client.status}")
         try:
-            return self._executor.submit(fn, *args, **kwargs)
+            return self._executor.submit(_ByValue(fn), *args, **kwargs)
         except RuntimeError as exc:  # the Client closed between the check and the submit
             raise SchedulerUnavailable(f"the Dask scheduler at {self.address}: {exc}") from exc
 
@@ -73,3 +86,36 @@ class DaskExecutor(Executor):
         except Exception:  # noqa: BLE001 - a Client whose scheduler is gone cannot cancel its
             pass  # tasks (ClosedClientError); with the scheduler gone there is nothing to stop
         self._client.close()
+
+
+class _ByValue:
+    """A function that any pickler sends by value: as a call of _call_pickled (itself sent by
+    value) with cloudpickle's bytes of the function."""
+
+    def __init__(self, fn):
+        self._fn = fn
+
+    def __call__(self, *args, **kwargs):
+        return self._fn(*args, **kwargs)
+
+    def __reduce__(self):
+        import cloudpickle
+
+        return cloudpickle.loads, (cloudpickle.dumps(functools.partial(_call_pickled,
+                                                                       _pickled(self._fn))),)
+
+
+def _call_pickled(payload, *args):
+    # Runs on a Dask worker. The function is unpickled here, in the task, not when the worker
+    # receives the task: a worker that cannot import what it needs (gmpy2) then fails the task
+    # with the ImportError, where unpickling it on receipt would kill the worker.
+    import cloudpickle
+
+    return cloudpickle.loads(payload)(*args)
+
+
+@functools.lru_cache(maxsize=16)
+def _pickled(fn):
+    import cloudpickle
+
+    return cloudpickle.dumps(fn)

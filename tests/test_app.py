@@ -1,5 +1,6 @@
 """The routes through Flask's test client, with the real sources and pools."""
 import json
+import threading
 import time
 from urllib.parse import quote
 
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from serving import worker
 
-from tests.conftest import big_primes
+from tests.conftest import big_primes, far
 
 
 def test_index_returns_all_three_results(client):
@@ -190,15 +191,51 @@ def test_a_request_whose_budget_ran_out_in_the_queue_gets_504(app, client):
 
 
 def test_full_process_pool_gives_503(app, client):
-    gate = app.extensions["pools"]._process_gate.get()
-    gate.enter(gate.capacity)
-    try:
-        big = 2**1279 - 1
-        response = client.get(f"/is_prime/{big}?mode=process")
-    finally:
-        for _ in range(gate.capacity):
-            gate.leave()
+    pools = app.extensions["pools"]
+    busy = threading.Thread(target=pools.map_cpu, args=(time.sleep, [0.5, 0.5], far()),
+                            kwargs={"costs": [app.config["REQUEST_TIMEOUT_S"]] * 2})
+    busy.start()  # work ahead that fills both processes for a whole deadline
+    time.sleep(0.1)
+    response = client.get(f"/is_prime/{2**1279 - 1}?mode=process")
+    busy.join()
     assert response.status_code == 503 and "process pool is full" in response.get_json()["error"]
+
+
+@pytest.mark.parametrize("mode", ["auto", "inline", "process"])
+def test_a_batch_no_core_can_finish_by_the_deadline_is_refused_at_once(client, mode):
+    body = [str(10**999 + 2 * i + 1) for i in range(1000)]  # issue 16: seconds of CPU at least
+    start = time.monotonic()
+    response = client.post(f"/is_prime?mode={mode}", json=body)
+    assert response.status_code == 413, response.get_json()
+    assert "deadline" in response.get_json()["error"] and time.monotonic() - start < 0.5
+
+
+@pytest.mark.parametrize("mode", ["inline", "process"])
+def test_a_batch_stops_at_the_deadline_where_it_runs(app, client, mode):
+    app.config["REQUEST_TIMEOUT_S"] = 0.3
+    # All primes: ten times the least cost admission counts, so it is admitted and runs late.
+    body = big_primes(900, 24)
+    start = time.monotonic()
+    response = client.post(f"/is_prime?mode={mode}", json=body)
+    assert response.status_code == 504, response.get_json()
+    assert time.monotonic() - start < 0.3 + 0.25  # one 900-digit test past it, at most
+
+
+@pytest.mark.parametrize("body", [
+    b"[" * 100_000,
+    b'{"a":' * 10_000,
+    b"[" * 900 + b"]" * 900,
+    b'[["1"]]',
+    b'[{"a": 1}]',
+    b'{"numbers": [1]}',
+    b"[1e999]",
+    b"[true, null]",
+    b'"1,2,3"',
+])
+def test_deep_or_odd_json_gets_a_400_saying_what_is_wrong(client, body):
+    response = client.post("/is_prime", data=body, content_type="application/json")
+    assert response.status_code == 400, response.get_data()[:200]
+    assert response.get_json()["status"] == 400 and response.get_json()["error"]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

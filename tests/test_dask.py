@@ -72,6 +72,42 @@ def test_a_batch_past_its_deadline_on_dask_is_a_504(cluster, upstream, tmp_path)
     assert response.status_code == 504, response.text
 
 
+def test_cpu_on_dask_stops_at_the_deadline_and_frees_the_workers(cluster, upstream, tmp_path):
+    scheduler, _ = cluster
+    service = start_gunicorn(upstream.url + "/", tmp_path, REQUEST_TIMEOUT_S=0.3,
+                             CPU_EXECUTOR=f"dask://127.0.0.1:{scheduler.port}")
+    try:
+        requests.get(service.url + SMALL.replace("inline", "process"), timeout=10)  # connect
+        slow = requests.post(service.url + "/is_prime", json=big_primes(900, 40), timeout=30)
+        time.sleep(0.2)  # one 900-digit test, and some
+        after, seconds = timed_get(service.url + SMALL.replace("inline", "process"))
+    finally:
+        service.stop()
+    assert slow.status_code == 504, slow.text
+    assert after.status_code == 200 and seconds < 0.5  # no worker still on the slow batch
+
+
+def test_workers_that_cannot_run_the_check_give_502_and_readyz_says_why(upstream, tmp_path):
+    scheduler = harness.start_dask_scheduler()
+    worker = harness.start_dask_worker(scheduler, "bare",
+                                       preload=harness.ROOT / "tests" / "dask_worker_without_gmpy2.py")
+    service = None
+    try:
+        service = start_gunicorn(upstream.url + "/", tmp_path,
+                                 CPU_EXECUTOR=f"dask://127.0.0.1:{scheduler.port}")
+        batch = requests.get(service.url + BIG_BATCH, timeout=30)
+        ready = requests.get(service.url + "/readyz", timeout=10)
+    finally:
+        for part in (service, worker, scheduler):
+            if part is not None:
+                part.stop()
+    assert batch.status_code == 502, batch.text
+    assert "Dask workers cannot run the prime check" in batch.json()["error"]
+    assert "gmpy2" in batch.json()["error"]
+    assert ready.status_code == 503
+    assert "Dask workers cannot run the prime check" in ready.json()["checks"]["pools"]
+
+
 def test_a_killed_dask_worker_gives_200_or_503_and_the_next_batch_succeeds(cluster, on_dask):
     _, workers = cluster
     answers = []

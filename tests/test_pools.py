@@ -1,4 +1,5 @@
 """The pools: concurrency, deadlines, fork safety and a rebuilt process pool."""
+import functools
 import os
 import signal
 import subprocess
@@ -6,13 +7,14 @@ import sys
 import threading
 import time
 
+import gmpy2
 import pytest
 
 import pools
 import telemetry
 from dev.harness import ROOT, free_port
 from services import primes
-from tests.conftest import far
+from tests.conftest import big_primes, far
 
 SLEEP_S = 0.2
 
@@ -33,7 +35,7 @@ def failing(deadline):
 @pytest.fixture
 def pool_pair():
     """A Pools with room for a few concurrent calls and two processes."""
-    pair = pools.Pools(thread_size=8, process_size=2, process_queue=2,
+    pair = pools.Pools(thread_size=8, process_size=2,
                        process_preload=["services.primes"])
     yield pair
     pair.shutdown()
@@ -148,11 +150,48 @@ def test_a_full_thread_pool_refuses_at_once_and_frees_its_slots():
         small.shutdown()
 
 
-def test_a_full_process_pool_refuses(pool_pair):
-    assert pool_pair._process_gate.get().capacity == 4  # two processes, two queued chunks
-    with pytest.raises(pools.Saturated):
-        pool_pair.map_cpu(primes.check_batch, [[7]] * 5, far())
-    assert pool_pair.map_cpu(primes.check_batch, [[7]] * 4, far()) == [[True]] * 4
+def test_cpu_work_that_cannot_finish_by_its_deadline_is_refused_at_once(pool_pair):
+    start = time.monotonic()
+    with pytest.raises(pools.Saturated):  # 3 s of work on two processes within 1 s
+        pool_pair.map_cpu(time.sleep, [0.0], start + 1.0, costs=[3.0])
+    busy = threading.Thread(target=pool_pair.map_cpu,
+                            args=(time.sleep, [SLEEP_S * 2] * 2, far()),
+                            kwargs={"costs": [SLEEP_S * 2] * 2, "priority": 1.0})
+    busy.start()
+    time.sleep(SLEEP_S / 4)
+    with pytest.raises(pools.Saturated):  # fits alone, not behind the work ahead of it
+        pool_pair.map_cpu(time.sleep, [0.0] * 2, time.monotonic() + SLEEP_S * 1.5,
+                          costs=[SLEEP_S] * 2, priority=1.0)
+    assert time.monotonic() - start < SLEEP_S
+    busy.join()
+    assert pool_pair.map_cpu(primes.check_batch, [[7]] * 2, far(), costs=[SLEEP_S] * 2) == \
+        [[True]] * 2
+
+
+def test_the_cheapest_batch_goes_first(pool_pair):
+    flood = [SLEEP_S] * 8  # four rounds of two processes
+    big = threading.Thread(target=pool_pair.map_cpu, args=(time.sleep, flood, far()),
+                           kwargs={"costs": flood, "priority": sum(flood)})
+    big.start()
+    time.sleep(SLEEP_S / 4)
+    start = time.monotonic()
+    assert pool_pair.map_cpu(primes.check_batch, [[7]], far(), costs=[0.001],
+                             priority=0.001) == [[True]]
+    waited = time.monotonic() - start
+    big.join()
+    assert waited < SLEEP_S * 1.5  # one running chunk, not the six queued before it
+
+
+def test_a_chunk_that_checks_its_deadline_frees_its_process_at_the_deadline(pool_pair):
+    slow = [gmpy2.mpz(p) for p in big_primes(900, 6)] * 10  # seconds of work a chunk
+    deadline = time.monotonic() + SLEEP_S
+    check = functools.partial(primes.check_batch, stop_at=time.time() + SLEEP_S)
+    with pytest.raises(TimeoutError):
+        pool_pair.map_cpu(check, [slow, slow], deadline)
+    time.sleep(0.15)  # one 900-digit prime's test, and some
+    start = time.monotonic()
+    assert pool_pair.map_cpu(primes.check_batch, [[7], [11]], far()) == [[True], [True]]
+    assert time.monotonic() - start < 0.1
 
 
 def test_map_cpu_times_out_at_the_deadline_and_frees_the_pool(pool_pair):
