@@ -81,8 +81,7 @@ def create_app(test_config=None):
         app.config.update(test_config)
     cfg = app.config
     app.json = OrderedJSONProvider(app)
-    # A POST body holds at most PRIME_MAX_ITEMS numbers of PRIME_MAX_DIGITS digits, quoted.
-    app.config["MAX_CONTENT_LENGTH"] = cfg["PRIME_MAX_ITEMS"] * (cfg["PRIME_MAX_DIGITS"] + 4) + 64
+    app.config["MAX_CONTENT_LENGTH"] = cfg["MAX_BODY_BYTES"]
     telemetry.configure_logging(cfg["LOG_LEVEL"])
 
     timeout = cfg["REQUEST_TIMEOUT_S"]

@@ -113,3 +113,20 @@ class Config:
     PRIME_MAX_ITEMS = env_int("PRIME_MAX_ITEMS", 1000)
     PRIME_MAX_DIGITS = env_int("PRIME_MAX_DIGITS", 1000)
     PRIME_INLINE_BUDGET_MS = env_float("PRIME_INLINE_BUDGET_MS", 2.0)
+
+    # A request is read whole by the worker's poller thread before a request thread gets it
+    # (serving/reader.py), within Apache mod_reqtimeout's defaults: a head within 20 s of its
+    # first byte, a second more for every 500 bytes, 40 s at most; a body likewise, 60 s at most
+    # (mod_reqtimeout sets none: here every connection ends within a minute). Past one: 408.
+    # A new connection that sends nothing is closed after READ_IDLE_TIMEOUT_S.
+    READ_IDLE_TIMEOUT_S = env_float("READ_IDLE_TIMEOUT_S", 10.0)
+    READ_HEAD_TIMEOUT_S = env_float("READ_HEAD_TIMEOUT_S", 20.0)
+    READ_HEAD_MAX_S = env_float("READ_HEAD_MAX_S", 40.0)
+    READ_BODY_TIMEOUT_S = env_float("READ_BODY_TIMEOUT_S", 20.0)
+    READ_BODY_MAX_S = env_float("READ_BODY_MAX_S", 60.0)
+    READ_MIN_RATE_BPS = env_float("READ_MIN_RATE_BPS", 500.0)
+    # A head past this is a 431 (nginx's large_client_header_buffers hold 4 x 8 KiB).
+    READ_MAX_HEAD_BYTES = env_int("READ_MAX_HEAD_BYTES", 32 * 1024)
+    # The largest body read (a 413 beyond): by default a POST /is_prime of PRIME_MAX_ITEMS
+    # numbers of PRIME_MAX_DIGITS digits, quoted, about 1 MB. No route takes more.
+    MAX_BODY_BYTES = env_int("MAX_BODY_BYTES", PRIME_MAX_ITEMS * (PRIME_MAX_DIGITS + 4) + 64)

@@ -46,6 +46,12 @@ POOL_SIZE = Gauge(
 REJECTED = Counter(
     "rejected_requests_total", "Requests answered 503 because the service was saturated",
     ["reason"])
+READS_ENDED = Counter(
+    "request_reads_ended_total", "Connections the poller answered (408, 400, 413, 431, 503) or "
+    "closed before their request was read whole", ["reason"])
+OPEN_READS = Gauge(
+    "request_reads_open", "Connections whose next request is being read, or awaited",
+    multiprocess_mode="livesum")
 CPU_TASKS = Counter(
     "cpu_tasks_total", "Chunks of prime checks submitted, by executor", ["executor"])
 POOL_REBUILDS = Counter(

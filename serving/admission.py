@@ -6,7 +6,7 @@
     after each loop turn:       a thread takes, in this order:             waited too long:
       pop_expired: a plain        the oldest, if it waited past                503, no Flask
       GET gets its 503 here         MAX_QUEUE_WAIT_S (to be refused)       else: Flask
-      (refuse_plain_request),     the oldest, while the queue keeps
+      (plain_refusal),            the oldest, while the queue keeps
       the rest is put back          emptying (FIFO: fair, all in time)
                                   the newest, once it has not emptied
                                     for CONGESTION_S (LIFO)
@@ -31,7 +31,6 @@ environment for prometheus_client is set (gunicorn.conf.py), so it must not impo
 import collections
 import json
 import queue
-import socket
 import threading
 import time
 
@@ -56,35 +55,32 @@ def refusal(waited_s, retry_after_s):
             ("Retry-After", str(retry_after_s))], body
 
 
-def refuse_plain_request(sock, waited_s, retry_after_s):
-    """Answer 503 on a kept-alive connection whose socket holds exactly one whole GET (no body,
-    HTTP/1.1, keep-alive): read it, answer, return True. Return False, having read nothing, for
-    anything else, which a request thread then refuses through gunicorn and ShedBeforeApp.
+def plain_refusal(request, waited_s, retry_after_s):
+    """The bytes of a 503 for `request`, the whole of one request as read by the poller, if it is
+    a plain GET of a work route (HTTP/1.1, keep-alive, no body); None for anything else, which a
+    request thread then refuses through gunicorn and ShedBeforeApp.
 
     Called from the poller thread for requests that waited too long: no hand-off to a thread and
-    no HTTP parser, a peek, a read and a write. Raises OSError if the client went away."""
+    no HTTP parser."""
     import telemetry  # here, in a worker: gunicorn's master imports this module too early
 
-    head = sock.recv(PLAIN_REQUEST_BYTES, socket.MSG_PEEK)
-    end = head.find(b"\r\n\r\n")
-    if end < 0 or len(head) != end + 4:  # not all here yet, or a body or a next request behind
-        return False
-    request_line, _, header_lines = head[:end].decode("latin-1").partition("\r\n")
+    end = request.find(b"\r\n\r\n")
+    if end < 0 or len(request) != end + 4 or len(request) > PLAIN_REQUEST_BYTES:
+        return None
+    request_line, _, header_lines = request[:end].decode("latin-1").partition("\r\n")
     method, _, rest = request_line.partition(" ")
     target, _, version = rest.rpartition(" ")
     lowered = header_lines.lower()
     if (method != "GET" or version != "HTTP/1.1" or not is_work(target.partition("?")[0])
             or "content-length" in lowered or "transfer-encoding" in lowered
             or "connection: close" in lowered or "upgrade" in lowered):
-        return False
-    sock.recv(end + 4)
+        return None
     telemetry.REJECTED.labels("queue_wait").inc()
     headers, body = refusal(waited_s, retry_after_s)
     headers.append((telemetry.REQUEST_ID_HEADER,
                     telemetry.set_request_id(_request_id(header_lines, lowered))))
     head = "".join(f"{name}: {value}\r\n" for name, value in headers)
-    sock.sendall(f"HTTP/1.1 503 Service Unavailable\r\n{head}\r\n".encode("latin-1") + body)
-    return True
+    return f"HTTP/1.1 503 Service Unavailable\r\n{head}\r\n".encode("latin-1") + body
 
 
 def _request_id(header_lines, lowered):

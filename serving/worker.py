@@ -1,4 +1,17 @@
-"""gunicorn's gthread worker with three additions, each made through methods gthread offers.
+"""gunicorn's gthread worker, reading each request whole before a thread gets it.
+
+Reading ahead. gthread hands a new or kept-alive connection to a request thread, which waits up to
+5 s for its first byte and then reads the head and body with a blocking socket and no deadline:
+a slow or silent client holds a thread as long as it likes. Here the poller thread reads every
+request without blocking (serving/reader.py) and under deadlines, answers 408 to a client too
+slow, 400/413/431 to a request that cannot be served, and closes a silent connection; a request
+thread gets a request only once all of it is in memory, and parses it from there (gunicorn's
+parser never touches the socket). A response is sent by the request thread; a connection it keeps
+alive comes back to the poller with whatever the client pipelined. When a worker holds
+WORKER_CONNECTIONS, a new connection makes it close the one that has waited longest for its
+request instead of no longer accepting, so idle sockets cannot keep new clients out. A connection
+answered here is closed as nginx's lingering close does: half-closed, then drained for up to
+LINGER_S without blocking, so the client reads the answer instead of a reset.
 
 Queue stamps. gthread hands every readable connection to a ThreadPoolExecutor whose queue has no
 bound; a request that waits there is invisible to the app, so under overload latency would grow
@@ -22,18 +35,35 @@ not holding back), and three of gthread's methods act on it:
                                   the hold-back ends
     wait_for_and_dispatch_events  gthread's loop waits up to 1 s for events; during a hold-back
                                   only until it ends, so a hold-back lasts ACCEPT_YIELD_S
+
+Private state of gunicorn used here, each where it is used: TConn's fields (sock, parser,
+initialized, data_ready), the parser's unreader (gunicorn.http.unreader: take_buffered, unread),
+ThreadWorker's nr_conns, poller, tpool and _accepting, and the executor's _work_queue. TLS and
+HTTP/2 with prior knowledge are left to gthread's own reading (the bytes are not plain HTTP/1).
 """
+import errno
+import json
+import selectors
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from http import HTTPStatus
 
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn import http
+from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
 from config import Config
 from serving import admission
+from serving.reader import Limits, Refusal, RequestReader
 
 _local = threading.local()
 ACCEPT_YIELD_S = 0.01
+# Read deadlines are checked this often (and the poller wakes this often while a read is open).
+SWEEP_S = 0.25
+LINGER_S = 2.0  # how long a connection answered by the poller is drained before it is closed
+RECV_BYTES = 256 * 1024
 
 
 def queued_since():
@@ -42,10 +72,29 @@ def queued_since():
 
 
 class QueueTimedThreadWorker(ThreadWorker):
-    """gthread, with the queueing time of each request available to the app, and new
-    connections left to a worker with a free thread when this one has none."""
+    """gthread, reading each request whole in its poller thread under deadlines, with the
+    queueing time of each request available to the app, and new connections left to a worker
+    with a free thread when this one has none."""
 
     _yield_until = 0.0
+
+    def init_process(self):
+        """Set up the read-ahead state, then gthread's (which runs the worker)."""
+        self.init_reading()
+        super().init_process()
+
+    def init_reading(self):
+        """The state of reading requests in the poller thread, empty."""
+        self._readers = {}  # conn -> RequestReader, the longest waiting first
+        self._closing = {}  # conn -> when to close it: answered here, half-closed, draining
+        self._in_threads = 0  # connections with the executor: queued or running
+        self._next_sweep = 0.0
+        self._limits = Limits(
+            Config.READ_IDLE_TIMEOUT_S, Config.READ_HEAD_TIMEOUT_S, Config.READ_HEAD_MAX_S,
+            Config.READ_BODY_TIMEOUT_S, Config.READ_BODY_MAX_S, Config.READ_MIN_RATE_BPS,
+            Config.READ_MAX_HEAD_BYTES, Config.MAX_BODY_BYTES)
+        self._reads_ahead = not self.cfg.is_ssl and getattr(
+            self.cfg, "http2_cleartext", None) not in ("prior-knowledge", "both")
 
     def get_thread_pool(self):
         """Return gthread's executor: each task stamped when it is queued, and queued in an
@@ -62,7 +111,7 @@ class QueueTimedThreadWorker(ThreadWorker):
             self._yield_until = time.monotonic() + ACCEPT_YIELD_S
             self.set_accept_enabled(False)
         else:
-            super().accept(listener)
+            self._accept_one(listener)
 
     def set_accept_enabled(self, enabled):
         """Start or stop accepting, but do not start again during a hold-back."""
@@ -76,37 +125,246 @@ class QueueTimedThreadWorker(ThreadWorker):
         left = self._yield_until - time.monotonic()
         if left > 0:
             timeout = min(timeout, left)
+        if self._readers or self._closing:
+            timeout = min(timeout, SWEEP_S)
         super().wait_for_and_dispatch_events(timeout)
         self._refuse_expired()
 
+    def finish_request(self, conn, fs):
+        """A request thread is done with `conn`: read its next request (keep-alive), or close it
+        without blocking the poller."""
+        if not self._reads_ahead:
+            return super().finish_request(conn, fs)
+        self._in_threads -= 1
+        try:
+            keep_alive = not fs.cancelled() and fs.result()
+        except Exception:  # noqa: BLE001 - gthread's handle has logged it
+            keep_alive = False
+        if not keep_alive:
+            self._linger_close(conn)
+            return
+        idle_s = self.cfg.keepalive if self.alive else min(self.cfg.keepalive,
+                                                           STOP_KEEPALIVE_LINGER)
+        conn.sock.setblocking(False)
+        # What the client pipelined behind the request is the start of the next one.
+        self._read(conn, conn.parser.unreader.take_buffered(), idle_s)
+
+    def murder_keepalived(self, force=False):
+        """Answer 408 to (or close) the connections past their read deadline; all, if `force`.
+        gthread's loop calls this every turn; the deadlines are checked every SWEEP_S."""
+        if not self._reads_ahead:
+            return super().murder_keepalived(force)
+        now = time.monotonic()
+        if not force and now < self._next_sweep:
+            return
+        self._next_sweep = now + SWEEP_S
+        self._telemetry().OPEN_READS.set(len(self._readers))
+        for conn, reader in list(self._readers.items()):
+            if force or now >= reader.deadline:
+                self._stop_reading(conn)
+                self._read_timed_out(conn, reader)
+        for conn, close_at in list(self._closing.items()):
+            if force or now >= close_at:
+                self._close(conn)
+
+    def _cap_keepalive(self, deadline):
+        """A stopping worker keeps connections awaiting a request until `deadline` at most."""
+        super()._cap_keepalive(deadline)
+        for reader in self._readers.values():
+            if not reader.received:
+                reader.deadline = min(reader.deadline, deadline)
+
+    def _accept_one(self, listener):
+        if not self._reads_ahead:
+            return super().accept(listener)
+        try:
+            sock, client = listener.accept()
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        self._read(TConn(self.cfg, sock, client, listener.getsockname()), b"",
+                   self._limits.idle_s)  # TConn makes the socket non-blocking
+        if self.nr_conns >= self.worker_connections and self._readers:
+            self._evict_longest_waiting()
+
+    def _read(self, conn, data, idle_s):
+        """Read `conn`'s next request, starting with `data` already received."""
+        try:
+            reader = RequestReader(self._limits, time.monotonic(), data, idle_s)
+        except Refusal as refusal:
+            self._answer(conn, refusal.status, str(refusal), refusal.reason)
+            return
+        if reader.complete_at is not None:
+            self._hand_off(conn, reader)
+            return
+        self._send_continue(conn, reader)
+        self._readers[conn] = reader
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+
+    def _on_readable(self, conn, sock):
+        reader = self._readers[conn]
+        try:
+            data = sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client closed or reset the connection
+            self._stop_reading(conn)
+            self._close(conn)
+            return
+        try:
+            complete = reader.feed(data, time.monotonic())
+        except Refusal as refusal:
+            self._stop_reading(conn)
+            self._answer(conn, refusal.status, str(refusal), refusal.reason)
+            return
+        self._send_continue(conn, reader)
+        if complete:
+            self._stop_reading(conn)
+            self._hand_off(conn, reader)
+
+    @staticmethod
+    def _send_continue(conn, reader):
+        interim = reader.take_continue()
+        if interim:
+            try:
+                conn.sock.send(interim)  # 25 bytes on a socket with nothing else to send
+            except OSError:
+                pass  # the read that follows finds the connection gone
+
+    def _hand_off(self, conn, reader):
+        # gunicorn's parser reads these bytes and never the socket: a request whose framing
+        # reader.py got wrong ends as "no more data", not as a thread blocked on a read.
+        conn.parser = http.get_parser(self.cfg, [bytes(reader.buf)], conn.client)
+        # For plain_refusal, which answers a request the poller never handed to a thread.
+        conn.request = bytes(reader.buf[:reader.complete_at])
+        conn.pipelined = bytes(reader.buf[reader.complete_at:])
+        conn.initialized = conn.data_ready = True
+        self._in_threads += 1
+        self.enqueue_req(conn)
+
+    def _stop_reading(self, conn):
+        del self._readers[conn]
+        try:
+            self.poller.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+
+    def _read_timed_out(self, conn, reader):
+        if not reader.received:  # nothing sent: no request to answer
+            self._telemetry().READS_ENDED.labels("idle").inc()
+            self._close(conn)
+            return
+        self._answer(conn, 408, f"the request {reader.phase} took too long to arrive "
+                                f"({len(reader.buf)} bytes)", f"{reader.phase}_timeout")
+
+    def _evict_longest_waiting(self):
+        conn = next(iter(self._readers))
+        self._stop_reading(conn)
+        self._telemetry().READS_ENDED.labels("evicted").inc()
+        self._close(conn)  # at once: a lingering close would hold the place it is to free
+
+    def _answer(self, conn, status, message, reason):
+        """Answer a request the poller will not hand to a thread, log it once, count it, and
+        close the connection."""
+        telemetry = self._telemetry()
+        telemetry.READS_ENDED.labels(reason).inc()
+        self.log.info("%s %s from %s: %s", status, reason, _peer(conn), message)
+        body = json.dumps({"error": message, "status": status}).encode()
+        head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                f"{telemetry.REQUEST_ID_HEADER}: {telemetry.set_request_id(None)}\r\n"
+                + ("Retry-After: %d\r\n" % Config.RETRY_AFTER_S if status == 503 else "")
+                + "Connection: close\r\n\r\n")
+        try:
+            conn.sock.send(head.encode("latin-1") + body)  # a few hundred bytes: never blocks
+        except OSError:
+            pass
+        self._linger_close(conn)
+
+    def _linger_close(self, conn):
+        # gthread closes with util.close_graceful, which waits up to 2 s in the poller thread
+        # for the client's FIN: here the poller drains the connection between other work. A
+        # draining connection no longer counts against WORKER_CONNECTIONS.
+        try:
+            conn.sock.setblocking(False)
+            conn.sock.shutdown(socket.SHUT_WR)
+            self.poller.register(conn.sock, selectors.EVENT_READ,
+                                 partial(self._on_closing_readable, conn))
+        except (OSError, ValueError, KeyError):
+            self._close(conn)
+            return
+        self.nr_conns -= 1
+        self._closing[conn] = time.monotonic() + LINGER_S
+
+    def _on_closing_readable(self, conn, sock):
+        try:
+            if sock.recv(RECV_BYTES):
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self._close(conn)
+
+    def _close(self, conn):
+        if self._closing.pop(conn, None) is None:
+            self.nr_conns -= 1
+        else:
+            try:
+                self.poller.unregister(conn.sock)
+            except (KeyError, ValueError, OSError):
+                pass
+        conn.close()
+
+    @staticmethod
+    def _telemetry():
+        import telemetry  # in the worker: gunicorn's master imports this module too early
+
+        return telemetry
+
     def _refuse_expired(self):
-        # A refusal here costs a peek, a read and a write; through a request thread, gunicorn's
-        # parser and the WSGI middleware, several times that (docs/performance.md).
+        # A refusal here costs a look at the request's bytes and a write; through a request
+        # thread, gunicorn's parser and the WSGI middleware, several times that
+        # (docs/performance.md).
         work_queue = self.tpool._work_queue
         for queued_at, item in work_queue.pop_expired():
             _, _, conn = item.args  # _run_stamped(stamp, self.handle, conn)
+            answer = self._reads_ahead and admission.plain_refusal(
+                conn.request, time.monotonic() - queued_at, Config.RETRY_AFTER_S)
+            if not answer:
+                work_queue.put_back(item)  # a request thread refuses it
+                continue
             try:
-                if not (conn.initialized and not conn.parser.unreader.buf.getvalue()
-                        and admission.refuse_plain_request(
-                            conn.sock, time.monotonic() - queued_at, Config.RETRY_AFTER_S)):
-                    work_queue.put_back(item)  # a request thread refuses it
-                    continue
-                keep_alive = True
+                keep_alive = conn.sock.send(answer) == len(answer)
             except OSError:  # the client went away
                 keep_alive = False
+            # The request is answered: the parser holds only what was pipelined behind it.
+            conn.parser = http.get_parser(self.cfg, [], conn.client)
+            conn.parser.unreader.unread(conn.pipelined)
             if item.future.set_running_or_notify_cancel():
-                item.future.set_result(keep_alive)  # gthread's finish_request acts on it
+                item.future.set_result(keep_alive)  # finish_request acts on it
 
     def _drain(self, listener):
         while self.nr_conns < self.worker_connections:
             held = self.nr_conns
-            super().accept(listener)  # returns quietly when no connection is waiting
+            self._accept_one(listener)  # returns quietly when no connection is waiting
             if self.nr_conns == held:
                 break
 
     def _busy_threads(self):
+        if self._reads_ahead:
+            return self._in_threads
         # Connections not waiting in the poller are with the executor: running or queued.
         return self.nr_conns - len(self.keepalived_conns) - len(self.pending_conns)
+
+
+def _peer(conn):
+    host, port = conn.client[:2] if isinstance(conn.client, tuple) else (conn.client, "")
+    return f"{host}:{port}"
 
 
 class _StampingExecutor(ThreadPoolExecutor):

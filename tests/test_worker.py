@@ -56,6 +56,7 @@ class Cfg:
 
     threads = 1
     workers = 2
+    is_ssl = False
 
 
 @pytest.fixture
@@ -66,8 +67,9 @@ def busy_worker():
     fake.keepalived_conns, fake.pending_conns, fake._accepting = deque(), deque(), False
     fake.poller = selectors.DefaultSelector()
     fake.tpool = worker._StampingExecutor(max_workers=1)
-    fake.accepted = []
-    fake.enqueue_req = fake.accepted.append
+    fake.init_reading()
+    fake._in_threads = 1
+    fake.accepted = fake._readers  # an accepted connection waits there for its request
     listener = socket.create_server(("127.0.0.1", 0))
     fake.sockets = [listener]
     fake.set_accept_enabled(True)
@@ -88,7 +90,7 @@ def test_a_busy_worker_leaves_new_connections_to_the_others_for_a_while(busy_wor
     fake, listener, clients = busy_worker
     connect(listener, clients, 1)
     fake.accept(listener)
-    assert fake.accepted == [] and not fake._accepting
+    assert not fake.accepted and not fake._accepting
     fake.set_accept_enabled(True)  # gthread's loop asks again at once: still yielding
     assert not fake._accepting
 
@@ -107,7 +109,7 @@ def test_after_yielding_a_busy_worker_takes_every_waiting_connection(busy_worker
 
 def test_a_worker_with_a_free_thread_accepts_at_once(busy_worker):
     fake, listener, clients = busy_worker
-    fake.keepalived_conns.append(object())  # its one connection is idle, so its thread is free
+    fake._in_threads = 0  # its one connection is idle, so its thread is free
     connect(listener, clients, 1)
     fake.accept(listener)
     assert len(fake.accepted) == 1 and fake._accepting
