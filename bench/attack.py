@@ -135,7 +135,8 @@ def main():
     args = parser.parse_args()
     counts = {kind: int(n * args.scale) for kind, n in ISSUE_COUNTS.items()}
     with tempfile.TemporaryDirectory() as data, deployment(data) as (service, _):
-        print("before:", _figures(time_gets(service.url + "/", 20)))
+        print("before:", _figures(time_gets(service.url + "/", 20)),
+              _processes(service))
         attack = Attack(service.port, counts)
         try:
             time.sleep(3)
@@ -146,7 +147,18 @@ def main():
             print("ended:", json.dumps(attack.summary()), "still open:", attack.still_open)
         finally:
             attack.stop()
-        print("after:", _figures(time_gets(service.url + "/", 20)))
+        print("after:", _figures(time_gets(service.url + "/", 20)), _processes(service))
+        errors = [line for line in service.output().splitlines() if " 500 " in line
+                  or "Traceback" in line or "WORKER TIMEOUT" in line]
+        print("5xx, tracebacks and worker timeouts in the log:", len(errors))
+
+
+def _processes(service):
+    from bench.bench import deployment_pids, memory_mb
+    from dev.harness import descendants, parent_of
+
+    workers = [p for p in descendants(service.proc.pid) if parent_of(p) == service.proc.pid]
+    return f"workers {sorted(workers)}, RSS {memory_mb(deployment_pids(service))[0]:.0f} MB"
 
 
 def _figures(results):

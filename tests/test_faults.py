@@ -1,4 +1,5 @@
 """Faults injected against real gunicorn and the real upstream: each bounded in time and traffic."""
+import json
 import os
 import re
 import signal
@@ -8,8 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import flood
 from dev.harness import descendants, free_port, parent_of
 from tests.conftest import (TEST_SIZE, big_primes, run_clients, start_gunicorn, timed_get,
                             worker_pids)
@@ -254,3 +258,43 @@ def test_request_id_is_echoed_and_logged_from_pool_threads(serve):
     lines = [line for line in service.output().splitlines() if "trace-abc-123" in line]
     assert any("[read_" in line and "source file" in line for line in lines), lines
     assert any("GET / 502" in line for line in lines), lines
+
+
+def test_a_flood_of_big_batches_leaves_small_ones_their_answers_and_no_cpu_behind(serve):
+    # Issue 16: clients post batches that cannot finish by the deadline (refused at once) and
+    # batches admitted at their least cost that are all primes (stopped at the deadline).
+    service = serve(REQUEST_TIMEOUT_S=2)
+    figures = flood.run(service.url, [flood.HUGE, flood.admissible()], clients=6, seconds=8)
+    figures["idle_after_s"] = flood.idle_after(flood.pool_pids(service), give_up_s=10)
+    print(f"\nflood: {figures}")
+    assert set(figures["flood"]) <= {413, 503, 504} and figures["flood"].get(413)
+    assert figures["flood_slowest_s"] < 2 + 0.3
+    assert figures["idle_after_s"] <= 0.5  # was 18 s
+    assert set(figures["tiny"]) == {200}
+    assert figures["small"].get(200, 0) >= 0.9 * sum(figures["small"].values())
+    assert figures["tiny_p50_ms"] < 100  # generous: the flood's parsing shares both cores
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(
+    st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=8),
+                 lambda children: st.lists(children, max_size=5)
+                 | st.dictionaries(st.text(max_size=5), children, max_size=5)).map(json.dumps),
+    st.integers(1, 200_000).map(lambda depth: "[" * depth),
+    st.integers(1, 20_000).map(lambda depth: '{"a":' * depth + "1" + "}" * depth),
+    st.binary(max_size=64).map(lambda raw: raw.decode("latin-1"))))
+def test_any_body_gets_an_answer_or_a_json_4xx_never_a_5xx(hostile_service, body):
+    response = requests.post(hostile_service.url + "/is_prime", data=body.encode("utf-8"),
+                             headers={"Content-Type": "application/json"}, timeout=10)
+    assert response.status_code in (200, 400, 413), (response.status_code, body[:80])
+    assert response.headers["Content-Type"] == "application/json"
+    if response.status_code != 200:
+        assert response.json()["status"] == response.status_code
+
+
+@pytest.fixture(scope="module")
+def hostile_service(upstream, tmp_path_factory):
+    """One gunicorn for every example of the hostile-body property test."""
+    service = start_gunicorn(upstream.url + "/", tmp_path_factory.mktemp("hostile"))
+    yield service
+    service.stop()
