@@ -26,8 +26,9 @@ wsgi_app = "app:create_app()"
 # BIND, or HOST:PORT: where to listen; make run and the tests set PORT.
 bind = Config.BIND
 # WORKER_CLASS: gthread (a few processes of many threads: a request mostly waits on I/O, and
-# threads are far cheaper than processes), stamping when each request was queued so that
-# overload is shed, and leaving connections to a less busy worker (serving/worker.py).
+# threads are far cheaper than processes), reading each request whole in its poller thread
+# before a thread gets it, stamping when each request was queued so that overload is shed, and
+# leaving connections to a less busy worker (serving/worker.py).
 worker_class = Config.WORKER_CLASS
 # WEB_WORKERS: one worker per core; each has its own thread and process pools.
 workers = Config.WEB_WORKERS
@@ -35,7 +36,9 @@ workers = Config.WEB_WORKERS
 threads = Config.WEB_THREADS
 # WORKER_CONNECTIONS: open connections per worker, busy or idle keep-alive. Far above `threads`
 # on purpose: a connection gthread has accepted is queued with a time stamp and shed with a quick
-# 503 once it has waited too long, while one left in the kernel's backlog waits unseen.
+# 503 once it has waited too long, while one left in the kernel's backlog waits unseen. When all
+# are taken, a new connection closes the one that has waited longest for its request
+# (serving/worker.py), so idle or slow clients cannot keep new ones out.
 worker_connections = Config.WORKER_CONNECTIONS
 # BACKLOG: accept queue of the listening socket, so a burst of clients is not refused at connect.
 backlog = Config.BACKLOG
