@@ -58,27 +58,16 @@ def test_answers_on_dask_are_the_local_pool_s(on_dask, upstream, tmp_path_factor
     assert 'cpu_tasks_total{executor="dask"}' in metrics
 
 
-def test_a_batch_past_its_deadline_on_dask_is_a_504(cluster, upstream, tmp_path):
-    scheduler, _ = cluster
-    # BIG_BATCH is ~0.4 s of CPU, ~0.2 s on two workers: a deadline at a quarter of that is
-    # missed on a machine twice as fast too (0.2 s was not, on CI's).
-    service = start_gunicorn(upstream.url + "/", tmp_path, REQUEST_TIMEOUT_S=0.05,
-                             CPU_EXECUTOR=f"dask://127.0.0.1:{scheduler.port}")
-    try:
-        requests.get(service.url + SMALL.replace("inline", "process"), timeout=10)  # connect
-        response = requests.get(service.url + BIG_BATCH, timeout=30)
-    finally:
-        service.stop()
-    assert response.status_code == 504, response.text
-
-
 def test_cpu_on_dask_stops_at_the_deadline_and_frees_the_workers(cluster, upstream, tmp_path):
     scheduler, _ = cluster
+    # 20 primes of 900 digits: admitted, as their least cost (no number prime) on two workers
+    # is a third of the deadline; in truth about twice the deadline (the cost model scales with
+    # the machine, so these ratios hold on a faster or slower one).
     service = start_gunicorn(upstream.url + "/", tmp_path, REQUEST_TIMEOUT_S=0.3,
                              CPU_EXECUTOR=f"dask://127.0.0.1:{scheduler.port}")
     try:
         requests.get(service.url + SMALL.replace("inline", "process"), timeout=10)  # connect
-        slow = requests.post(service.url + "/is_prime", json=big_primes(900, 40), timeout=30)
+        slow = requests.post(service.url + "/is_prime", json=big_primes(900, 20), timeout=30)
         time.sleep(0.2)  # one 900-digit test, and some
         after, seconds = timed_get(service.url + SMALL.replace("inline", "process"))
     finally:
