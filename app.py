@@ -243,16 +243,15 @@ def _check_primes(items):
     numbers = primes.parse_items(items, cfg["PRIME_MAX_ITEMS"], cfg["PRIME_MAX_DIGITS"],
                                  max_cpu_s=cores * cfg["REQUEST_TIMEOUT_S"])
     values = list(numbers.values())
+    estimated_ms = sum(primes.cost_us(n) for n in values) / 1000
     if mode == "auto":
-        estimated_ms = sum(primes.cost_us(n) for n in values) / 1000
         mode = "process" if estimated_ms > cfg["PRIME_INLINE_BUDGET_MS"] else "inline"
     # Check the deadline between numbers, on the wall clock (a Dask worker's host has its own
     # monotonic clock), so that no CPU is spent past it.
     stop_at = time.time() + (g.deadline - time.monotonic())
     if mode == "inline":
         return jsonify(dict(zip(numbers, primes.check_batch(values, stop_at))))
-    parts = max(pools.process_size,
-                math.ceil(sum(primes.cost_us(n) for n in values) / 1000 / cfg["CPU_CHUNK_MS"]))
+    parts = max(pools.process_size, math.ceil(estimated_ms / cfg["CPU_CHUNK_MS"]))
     groups = primes.split_by_cost(values, parts)
     # Python ints, not gmpy2's: a Dask scheduler unpickles the task without needing gmpy2.
     chunks = [[int(values[i]) for i in group] for group in groups]
