@@ -108,14 +108,17 @@ def document(config):
                 "BadRequest": _response("The request was malformed: `error` says how", "Error",
                                         html=True),
                 "TooLarge": _response(f"More than {max_items} numbers, one of more than "
-                                      f"{max_digits} digits, or a body over the size those allow",
-                                      "Error", html=True),
+                                      f"{max_digits} digits, a body over the size those allow, "
+                                      "or more CPU than the deadline leaves on the cores the "
+                                      "batch may use", "Error", html=True),
                 "Unavailable": _response("Saturated, or a pool process died: retry after "
                                          "Retry-After", "Error", html=True, retry=True),
                 "TimedOut": _response("Not finished within REQUEST_TIMEOUT_S", "Error",
                                       html=True),
-                "OtherError": _response("Any other error, such as 404 for an unknown path or 405 "
-                                        "for a wrong method", "Error", html=True),
+                "OtherError": _response("Any other error, such as 404 for an unknown path, 405 "
+                                        "for a wrong method, 408 for a request that took too "
+                                        "long to arrive, 431 for a head over "
+                                        "READ_MAX_HEAD_BYTES", "Error", html=True),
             },
             "schemas": {
                 "Error": {
@@ -184,6 +187,8 @@ def _prime_responses(uri_too_long=False):
         "200": _response("Each number: prime or not", "PrimeAnswers"),
         "400": _ref("responses", "BadRequest"),
         "413": _ref("responses", "TooLarge"),
+        "502": _response("CPU_EXECUTOR is a Dask cluster whose workers cannot run the check: "
+                         "`error` says why", "Error", html=True),
         "503": _ref("responses", "Unavailable"),
         "504": _ref("responses", "TimedOut"),
     }
