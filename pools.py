@@ -46,6 +46,9 @@ from serving.per_process import PerProcess
 _instances = weakref.WeakSet()
 # The estimated CPU seconds of a chunk whose caller gives no estimate (/readyz's check, tests).
 NOMINAL_COST_S = 0.001
+# A chunk still running this long after its deadline is taken as lost (a Dask cluster that went
+# away may never resolve its futures) and no longer holds a place in the CPU queue.
+LOST_AFTER_S = 1.0
 
 
 @dataclass
@@ -129,12 +132,13 @@ class _CpuQueue:
             self._waiting = [entry for entry in self._waiting
                              if not entry[2].future.cancelled()]
             heapq.heapify(self._waiting)
+            self._forget_lost()
             ahead = sum(chunk.cost for chunk in self._running)
             ahead += sum(entry[2].cost for entry in self._waiting if entry[0] <= priority)
             if (ahead + sum(costs)) / self.size > deadline - time.monotonic():
                 telemetry.REJECTED.labels("process_pool_full").inc()
                 raise Saturated("process")
-            new = [_Chunk(fn, chunk, cost) for chunk, cost in zip(chunks, costs)]
+            new = [_Chunk(fn, chunk, cost, deadline) for chunk, cost in zip(chunks, costs)]
             for chunk in new:
                 heapq.heappush(self._waiting, (priority, next(self._arrivals), chunk))
             self._publish()
@@ -168,6 +172,7 @@ class _CpuQueue:
 
     def _next(self):
         with self._lock:
+            self._forget_lost()
             while self._waiting and len(self._running) < self.size:
                 _, _, chunk = heapq.heappop(self._waiting)
                 if chunk.future.set_running_or_notify_cancel():
@@ -178,7 +183,8 @@ class _CpuQueue:
 
     def _finish(self, chunk, done=None, exc=None):
         with self._lock:
-            self._running.remove(chunk)
+            if chunk in self._running:  # else _forget_lost took it out already
+                self._running.remove(chunk)
             self._publish()
         if exc is None:
             exc = done.exception() if not done.cancelled() else PoolRestarted("the task was lost")
@@ -187,6 +193,11 @@ class _CpuQueue:
         else:
             chunk.future.set_exception(exc)
         self._pump()
+
+    def _forget_lost(self):
+        now = time.monotonic()
+        self._running = [chunk for chunk in self._running
+                         if now < chunk.deadline + LOST_AFTER_S]
 
     def _publish(self):
         telemetry.POOL_BUSY.labels("process").set(len(self._running))
@@ -198,6 +209,7 @@ class _Chunk:
     fn: object
     arg: object
     cost: float
+    deadline: float
     future: Future = None
 
     def __post_init__(self):

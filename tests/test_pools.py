@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import Future
 
 import gmpy2
 import pytest
@@ -263,3 +264,25 @@ def test_after_a_failed_dask_connect_calls_fail_at_once_until_the_retry():
         unreachable.map_cpu(primes.check_batch, [[7]], far())
     assert "trying again in" not in str(tried.value) and time.monotonic() - start >= 0.15
     unreachable.shutdown()
+
+
+class _Silent:
+    """An executor whose tasks never finish, like a Dask cluster that went away mid-task."""
+
+    def __init__(self):
+        self.submitted = []
+
+    def submit(self, fn, arg):
+        self.submitted.append(arg)
+        return Future()
+
+
+def test_a_chunk_lost_past_its_deadline_no_longer_holds_a_place_in_the_cpu_queue():
+    silent = _Silent()
+    queue = pools._CpuQueue(1, lambda: silent)
+    queue.submit_all(len, ["lost"], [0.001], 0.0, time.monotonic() + 0.05)
+    queue.submit_all(len, ["next"], [0.001], 0.0, far())
+    assert silent.submitted == ["lost"]  # one process, taken
+    time.sleep(0.05 + pools.LOST_AFTER_S + 0.05)
+    queue.submit_all(len, ["after"], [0.001], 0.0, far())
+    assert silent.submitted == ["lost", "next"]  # "next" got the place; "after" waits for it
