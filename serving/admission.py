@@ -24,15 +24,20 @@ adaptive concurrency) answers faster, but a client that retries at once (wrk doe
 Retry-After) then spends the CPU on a storm of refusals: measured here, it gave fewer 200s at
 1000 and 2000 clients (docs/performance.md). A refused request waits, and costs one 503 that
 never reaches Flask: 0.15 ms of CPU against 1.94 ms for a 200, most of them answered by the
-poller thread without a hand-off or gunicorn's parser. Routes that do no work (/healthz, /readyz, /metrics, /openapi.json) are never
-refused. This module is imported with the worker class by gunicorn's master, before the
-environment for prometheus_client is set (gunicorn.conf.py), so it must not import telemetry.
+poller thread without a hand-off or gunicorn's parser. Routes that do no work (/healthz,
+/readyz, /metrics, /openapi.json) are never refused.
+
+The answers the poller thread writes without gunicorn (these 503s, and serving/worker.py's 408s
+and the like) are built here too. This module is imported with the worker class by gunicorn's
+master, before the environment for prometheus_client is set (gunicorn.conf.py), so it must not
+import telemetry.
 """
 import collections
 import json
 import queue
 import threading
 import time
+from http import HTTPStatus
 
 # A queue that has not been empty for this long is congested, and the newest request goes first.
 CONGESTION_S = 0.1
@@ -46,13 +51,24 @@ def is_work(path):
     return path == "/" or path.startswith("/is_prime")
 
 
-def refusal(waited_s, retry_after_s):
-    """(headers, body) of the 503 for a request that waited `waited_s` for a thread; the
-    caller adds the request id."""
-    body = json.dumps({"error": f"overloaded: waited {waited_s:.2f} s for a thread; retry "
-                                "shortly", "status": 503}).encode()
+def json_error(status, message, headers=()):
+    """(headers, body) of an error answered before Flask, JSON {"error", "status"} as app.py's
+    errors are; the caller adds the request id."""
+    body = json.dumps({"error": message, "status": status}).encode()
     return [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-            ("Retry-After", str(retry_after_s))], body
+            *headers], body
+
+
+def refusal(waited_s, retry_after_s):
+    """(headers, body) of the 503 for a request that waited `waited_s` for a thread."""
+    return json_error(503, f"overloaded: waited {waited_s:.2f} s for a thread; retry shortly",
+                      [("Retry-After", str(retry_after_s))])
+
+
+def raw_response(status, headers, body):
+    """The bytes of an HTTP/1.1 answer written by the poller thread, without gunicorn."""
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    return f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n{head}\r\n".encode("latin-1") + body
 
 
 def plain_refusal(request, waited_s, retry_after_s):
@@ -79,8 +95,7 @@ def plain_refusal(request, waited_s, retry_after_s):
     headers, body = refusal(waited_s, retry_after_s)
     headers.append((telemetry.REQUEST_ID_HEADER,
                     telemetry.set_request_id(_request_id(header_lines, lowered))))
-    head = "".join(f"{name}: {value}\r\n" for name, value in headers)
-    return f"HTTP/1.1 503 Service Unavailable\r\n{head}\r\n".encode("latin-1") + body
+    return raw_response(503, headers, body)
 
 
 def _request_id(header_lines, lowered):

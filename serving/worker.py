@@ -42,14 +42,12 @@ ThreadWorker's nr_conns, poller, tpool and _accepting, and the executor's _work_
 HTTP/2 with prior knowledge are left to gthread's own reading (the bytes are not plain HTTP/1).
 """
 import errno
-import json
 import selectors
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from http import HTTPStatus
 
 from gunicorn import http
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
@@ -273,14 +271,12 @@ class QueueTimedThreadWorker(ThreadWorker):
         telemetry = self._telemetry()
         telemetry.READS_ENDED.labels(reason).inc()
         self.log.info("%s %s from %s: %s", status, reason, _peer(conn), message)
-        body = json.dumps({"error": message, "status": status}).encode()
-        head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                f"{telemetry.REQUEST_ID_HEADER}: {telemetry.set_request_id(None)}\r\n"
-                + ("Retry-After: %d\r\n" % Config.RETRY_AFTER_S if status == 503 else "")
-                + "Connection: close\r\n\r\n")
+        headers, body = admission.json_error(status, message, [
+            (telemetry.REQUEST_ID_HEADER, telemetry.set_request_id(None)),
+            ("Connection", "close")])
         try:
-            conn.sock.send(head.encode("latin-1") + body)  # a few hundred bytes: never blocks
+            # A few hundred bytes: never blocks.
+            conn.sock.send(admission.raw_response(status, headers, body))
         except OSError:
             pass
         self._linger_close(conn)
