@@ -37,7 +37,7 @@ not holding back), and three of gthread's methods act on it:
                                   only until it ends, so a hold-back lasts ACCEPT_YIELD_S
 
 Private state of gunicorn used here, each where it is used: TConn's fields (sock, parser,
-initialized, data_ready), the parser's unreader (gunicorn.http.unreader: take_buffered, unread),
+initialized, data_ready; received and request_end are ours), the parser's unreader (gunicorn.http.unreader: take_buffered, unread),
 ThreadWorker's nr_conns, poller, tpool and _accepting, and the executor's _work_queue. TLS and
 HTTP/2 with prior knowledge are left to gthread's own reading (the bytes are not plain HTTP/1).
 """
@@ -236,10 +236,10 @@ class QueueTimedThreadWorker(ThreadWorker):
     def _hand_off(self, conn, reader):
         # gunicorn's parser reads these bytes and never the socket: a request whose framing
         # reader.py got wrong ends as "no more data", not as a thread blocked on a read.
-        conn.parser = http.get_parser(self.cfg, [bytes(reader.buf)], conn.client)
-        # For plain_refusal, which answers a request the poller never handed to a thread.
-        conn.request = bytes(reader.buf[:reader.complete_at])
-        conn.pipelined = bytes(reader.buf[reader.complete_at:])
+        # The bytes, and where the request ends in them, stay on the connection for
+        # _refuse_expired, which answers a request that never reached a thread.
+        conn.received, conn.request_end = bytes(reader.buf), reader.complete_at
+        conn.parser = http.get_parser(self.cfg, [conn.received], conn.client)
         conn.initialized = conn.data_ready = True
         self._in_threads += 1
         self.enqueue_req(conn)
@@ -330,7 +330,8 @@ class QueueTimedThreadWorker(ThreadWorker):
         for queued_at, item in work_queue.pop_expired():
             _, _, conn = item.args  # _run_stamped(stamp, self.handle, conn)
             answer = self._reads_ahead and admission.plain_refusal(
-                conn.request, time.monotonic() - queued_at, Config.RETRY_AFTER_S)
+                conn.received[:conn.request_end], time.monotonic() - queued_at,
+                Config.RETRY_AFTER_S)
             if not answer:
                 work_queue.put_back(item)  # a request thread refuses it
                 continue
@@ -340,7 +341,7 @@ class QueueTimedThreadWorker(ThreadWorker):
                 keep_alive = False
             # The request is answered: the parser holds only what was pipelined behind it.
             conn.parser = http.get_parser(self.cfg, [], conn.client)
-            conn.parser.unreader.unread(conn.pipelined)
+            conn.parser.unreader.unread(conn.received[conn.request_end:])
             if item.future.set_running_or_notify_cancel():
                 item.future.set_result(keep_alive)  # finish_request acts on it
 
