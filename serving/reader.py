@@ -117,31 +117,27 @@ class RequestReader:
         # byte at a time is searched once, not once per byte.
         end = self.buf.find(b"\r\n\r\n", self._searched)
         self._searched = max(0, len(self.buf) - 3)
-        if end < 0:
-            if len(self.buf) > self._limits.max_head_bytes:
-                raise Refusal(431, f"the request head is over {self._limits.max_head_bytes} "
-                                   "bytes", "head_too_large")
-            return
-        self._head_end = end + 4
-        if self._head_end > self._limits.max_head_bytes:
+        if (end + 4 if end >= 0 else len(self.buf)) > self._limits.max_head_bytes:
             raise Refusal(431, f"the request head is over {self._limits.max_head_bytes} bytes",
                           "head_too_large")
+        if end < 0:
+            return
+        self._head_end = end + 4
         framing, length, expects_continue = _framing(bytes(self.buf[:end]))
         if framing is None:  # no body, or framing gunicorn's parser will refuse
             self.complete_at = self._head_end
             return
         if framing == "length" and length > self._limits.max_body_bytes:
-            raise Refusal(413, f"the body is too large: the limit is "
-                               f"{self._limits.max_body_bytes} bytes", "body_too_large")
+            raise self._body_too_large()
+        if expects_continue and len(self.buf) == self._head_end:
+            self.send_continue = True
+            # Answered here, so gunicorn must not answer it again: the line goes.
+            self._drop_expect_line()
         self.phase, self._phase_start = "body", now
         if framing == "length":
             self._body_end = self._head_end + length
         else:
             self._chunk_at = self._head_end
-        if expects_continue and len(self.buf) == self._head_end:
-            self.send_continue = True
-            # Answered here, so gunicorn must not answer it again: the line goes.
-            self._drop_expect_line()
 
     def _read_body(self):
         if self._body_end is not None:
@@ -164,8 +160,7 @@ class RequestReader:
                 raise Refusal(400, f"a chunk of {size} bytes is over the body limit, {limit}",
                               "bad_chunk")
             if self._chunked_bytes + size > limit:
-                raise Refusal(413, f"the body is too large: the limit is {limit} bytes",
-                              "body_too_large")
+                raise self._body_too_large()
             if size == 0:  # the last chunk, then trailer fields and an empty line
                 if self.buf[line_end + 2:line_end + 4] == b"\r\n":
                     self.complete_at = line_end + 4
@@ -180,17 +175,16 @@ class RequestReader:
             self._chunked_bytes += size
             self._chunk_at = data_end + 2
 
+    def _body_too_large(self):
+        return Refusal(413, f"the body is too large: the limit is "
+                            f"{self._limits.max_body_bytes} bytes", "body_too_large")
+
     def _drop_expect_line(self):
         head = bytes(self.buf[:self._head_end])
         kept = b"\r\n".join(line for line in head[:-4].split(b"\r\n")
                             if not line.lower().startswith(b"expect:"))
         self.buf[:self._head_end] = kept + b"\r\n\r\n"
-        shift = self._head_end - (len(kept) + 4)
-        self._head_end -= shift
-        if self._body_end is not None:
-            self._body_end -= shift
-        if self._chunk_at is not None:
-            self._chunk_at -= shift
+        self._head_end = len(kept) + 4
 
 
 def _framing(head):
