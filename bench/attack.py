@@ -155,10 +155,10 @@ def main():
 
 def _processes(service):
     from bench.bench import deployment_pids, memory_mb
-    from dev.harness import descendants, parent_of
+    from dev.harness import worker_pids
 
-    workers = [p for p in descendants(service.proc.pid) if parent_of(p) == service.proc.pid]
-    return f"workers {sorted(workers)}, RSS {memory_mb(deployment_pids(service))[0]:.0f} MB"
+    rss_mb, _ = memory_mb(deployment_pids(service))
+    return f"workers {sorted(worker_pids(service))}, RSS {rss_mb:.0f} MB"
 
 
 def _figures(results):

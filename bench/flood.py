@@ -9,11 +9,12 @@ import json
 import statistics
 import threading
 import time
+from collections import Counter
 
 import requests
 
 from bench.workloads import big_primes
-from dev.harness import cpu_seconds, deployment, descendants, parent_of
+from dev.harness import cpu_seconds, deployment, descendants, worker_pids
 
 # The issue's body: 1000 odd 1000-digit numbers, 1 MB, within PRIME_MAX_ITEMS and _DIGITS.
 HUGE = [str(10**999 + 2 * i + 1) for i in range(1000)]
@@ -34,9 +35,7 @@ def small_batch():
 
 def pool_pids(service):
     """The processes below gunicorn's workers: pool children, forkservers, resource trackers."""
-    master = service.proc.pid
-    return [pid for worker in descendants(master) if parent_of(worker) == master
-            for pid in descendants(worker)]
+    return [pid for worker in worker_pids(service) for pid in descendants(worker)]
 
 
 def run(url, bodies, clients, seconds, small=None):
@@ -75,12 +74,12 @@ def run(url, bodies, clients, seconds, small=None):
     for thread in threads:
         thread.join()
     return {
-        "flood": _statuses(answers),
+        "flood": dict(Counter(status for status, _ in answers)),
         "flood_slowest_s": max(s for _, s in answers),
-        "tiny": _statuses(tiny),
+        "tiny": dict(Counter(status for status, _ in tiny)),
         "tiny_p50_ms": statistics.median(s for _, s in tiny) * 1000,
         "tiny_p99_ms": _p99([s for _, s in tiny]) * 1000,
-        "small": {status: small_statuses.count(status) for status in set(small_statuses)},
+        "small": dict(Counter(small_statuses)),
     }
 
 
@@ -96,13 +95,6 @@ def idle_after(pids, give_up_s=30):
             return last_at - start
         last, last_at = used, now
     return give_up_s
-
-
-def _statuses(answers):
-    counts = {}
-    for status, _ in answers:
-        counts[status] = counts.get(status, 0) + 1
-    return counts
 
 
 def _p99(values):

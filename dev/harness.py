@@ -161,6 +161,12 @@ def parent_of(pid):
     return int(fields[1]) if fields else None
 
 
+def worker_pids(service):
+    """gunicorn's worker processes: the direct children of `service`'s master."""
+    master = service.proc.pid
+    return [pid for pid in descendants(master) if parent_of(pid) == master]
+
+
 def descendants(pid):
     """Pids of every live process below `pid`."""
     children = {}

@@ -38,8 +38,9 @@ not holding back), and three of gthread's methods act on it:
 
 Private state of gunicorn used here, each where it is used: TConn's fields (sock, parser,
 initialized, data_ready; received and request_end are ours), the parser's unreader
-(gunicorn.http.unreader: take_buffered, unread), ThreadWorker's nr_conns, poller, tpool and _accepting, and the executor's _work_queue. TLS and
-HTTP/2 with prior knowledge are left to gthread's own reading (the bytes are not plain HTTP/1).
+(gunicorn.http.unreader: take_buffered, unread), ThreadWorker's nr_conns, poller, tpool and
+_accepting, and the executor's _work_queue. TLS and HTTP/2 with prior knowledge are left to
+gthread's own reading (the bytes are not plain HTTP/1).
 """
 import errno
 import selectors

@@ -27,12 +27,6 @@ def timed_get(url, **kwargs):
     return response, time.monotonic() - start
 
 
-def worker_pids(service):
-    """gunicorn's worker processes: the master's direct children."""
-    return [pid for pid in harness.descendants(service.proc.pid)
-            if harness.parent_of(pid) == service.proc.pid]
-
-
 @functools.cache
 def big_primes(digits, count):
     """bench.workloads.big_primes, found once per test run."""

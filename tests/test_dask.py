@@ -78,8 +78,8 @@ def test_cpu_on_dask_stops_at_the_deadline_and_frees_the_workers(cluster, upstre
 
 def test_workers_that_cannot_run_the_check_give_502_and_readyz_says_why(upstream, tmp_path):
     scheduler = harness.start_dask_scheduler()
-    worker = harness.start_dask_worker(scheduler, "bare",
-                                       preload=harness.ROOT / "tests" / "dask_worker_without_gmpy2.py")
+    without_gmpy2 = harness.ROOT / "tests" / "dask_worker_without_gmpy2.py"
+    worker = harness.start_dask_worker(scheduler, "bare", preload=without_gmpy2)
     service = None
     try:
         service = start_gunicorn(upstream.url + "/", tmp_path,

@@ -14,9 +14,8 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import flood
-from dev.harness import descendants, free_port, parent_of
-from tests.conftest import (TEST_SIZE, big_primes, run_clients, start_gunicorn, timed_get,
-                            worker_pids)
+from dev.harness import descendants, free_port, parent_of, worker_pids
+from tests.conftest import TEST_SIZE, big_primes, run_clients, start_gunicorn, timed_get
 
 DEADLINE_S = 1.0
 MARGIN_S = 0.5
@@ -275,7 +274,8 @@ def test_a_flood_of_big_batches_leaves_small_ones_their_answers_and_no_cpu_behin
     assert figures["tiny_p50_ms"] < 100  # generous: the flood's parsing shares both cores
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=st.one_of(
     st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=8),
                  lambda children: st.lists(children, max_size=5)

@@ -10,8 +10,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.attack import Attack, time_gets
 from bench.bench import deployment_pids, memory_mb
+from dev.harness import worker_pids
 from serving.reader import Limits, Refusal, RequestReader
-from tests.conftest import start_gunicorn, worker_pids
+from tests.conftest import start_gunicorn
 
 LIMITS = Limits(idle_s=10, head_s=20, head_max_s=40, body_s=20, body_max_s=60,
                 min_rate_bps=500, max_head_bytes=1024, max_body_bytes=100)
@@ -143,7 +144,8 @@ def test_slow_silent_and_hostile_clients_cost_get_slash_nothing(short_reads):
     assert [status for status, _ in during] == [200] * 10
     assert max(seconds for _, seconds in during) < 1.0
     assert still_open == 0
-    timeouts = {"slowloris": SHORT["READ_HEAD_TIMEOUT_S"], "slow_body": SHORT["READ_BODY_TIMEOUT_S"],
+    timeouts = {"slowloris": SHORT["READ_HEAD_TIMEOUT_S"],
+                "slow_body": SHORT["READ_BODY_TIMEOUT_S"],
                 "stalled": SHORT["READ_BODY_TIMEOUT_S"], "huge_chunk": 0,
                 "silent": SHORT["READ_IDLE_TIMEOUT_S"]}
     expected = {"slowloris": 408, "slow_body": 408, "stalled": 408, "huge_chunk": 400,
