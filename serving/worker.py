@@ -42,7 +42,6 @@ initialized, data_ready; received and request_end are ours), the parser's unread
 _accepting, and the executor's _work_queue. TLS and HTTP/2 with prior knowledge are left to
 gthread's own reading (the bytes are not plain HTTP/1).
 """
-import errno
 import selectors
 import socket
 import threading
@@ -51,7 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from gunicorn import http
-from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
+from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, ThreadWorker
 
 from config import Config
 from serving import admission
@@ -110,7 +109,7 @@ class QueueTimedThreadWorker(ThreadWorker):
             self._yield_until = time.monotonic() + ACCEPT_YIELD_S
             self.set_accept_enabled(False)
         else:
-            self._accept_one(listener)
+            super().accept(listener)
 
     def set_accept_enabled(self, enabled):
         """Start or stop accepting, but do not start again during a hold-back."""
@@ -173,20 +172,15 @@ class QueueTimedThreadWorker(ThreadWorker):
             if not reader.received:
                 reader.deadline = min(reader.deadline, deadline)
 
-    def _accept_one(self, listener):
+    def enqueue_req(self, conn):
+        """gthread's accept hands each new connection here: read its request first (when it
+        is complete, _hand_off gives it to the executor)."""
         if not self._reads_ahead:
-            return super().accept(listener)
-        try:
-            sock, client = listener.accept()
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
-                raise
-            return
-        self.nr_conns += 1
-        self._read(TConn(self.cfg, sock, client, listener.getsockname()), b"",
-                   self._limits.idle_s)  # TConn makes the socket non-blocking
+            return super().enqueue_req(conn)
+        self._read(conn, b"", self._limits.idle_s)  # TConn left its socket non-blocking
         if self.nr_conns >= self.worker_connections and self._readers:
             self._evict_longest_waiting()
+        return None
 
     def _read(self, conn, data, idle_s):
         """Read `conn`'s next request, starting with `data` already received."""
@@ -243,7 +237,7 @@ class QueueTimedThreadWorker(ThreadWorker):
         conn.parser = http.get_parser(self.cfg, [conn.received], conn.client)
         conn.initialized = conn.data_ready = True
         self._in_threads += 1
-        self.enqueue_req(conn)
+        super().enqueue_req(conn)
 
     def _stop_reading(self, conn):
         del self._readers[conn]
@@ -349,7 +343,7 @@ class QueueTimedThreadWorker(ThreadWorker):
     def _drain(self, listener):
         while self.nr_conns < self.worker_connections:
             held = self.nr_conns
-            self._accept_one(listener)  # returns quietly when no connection is waiting
+            super().accept(listener)  # returns quietly when no connection is waiting
             if self.nr_conns == held:
                 break
 
