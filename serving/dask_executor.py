@@ -96,6 +96,8 @@ class _ByValue:
         self._fn = fn
 
     def __call__(self, *args, **kwargs):
+        # Never called on a worker (it receives _call_pickled), but Client.submit refuses
+        # anything not callable.
         return self._fn(*args, **kwargs)
 
     def __reduce__(self):
