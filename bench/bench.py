@@ -1,4 +1,4 @@
-"""make bench: the service against the seed's apps, measured side by side in one run.
+"""make bench: the service against the seed's apps and an asyncio peer, side by side in one run.
 
 Writes reports/bench.md, reports/bench.png and reports/goodput.png. The load generator is wrk
 (Debian's package, installed here when missing and when run as root): a C event loop on one
@@ -8,6 +8,7 @@ every response, so that the 200s and the 503s get latencies of their own. Every 
 import argparse
 import csv
 import io
+import math
 import os
 import platform
 import statistics
@@ -20,12 +21,12 @@ from pathlib import Path
 
 import requests
 
-from bench import multihost
+from bench import multihost, peer_asyncio
 from bench.clients import SETTLE_S, median_seconds, wrk
 from bench.workloads import SEED_NUMBER, SEED_WORKLOAD, big_primes
 from config import Config
 from dev.harness import (REPORTS, Service, cpu_seconds, deployment, descendants,
-                         ensure_installed, free_port)
+                         ensure_installed, free_port, sqlite_url)
 CONCURRENCY = (1, 50, 200, 500)
 FLOOR_S = 0.300  # the slowest read of the seed profile
 # Overload: GET / from this many clients each; hey logs every response, so the 200s and the 503s
@@ -33,8 +34,10 @@ FLOOR_S = 0.300  # the slowest read of the seed profile
 OVERLOAD_CONCURRENCY = (50, 200, 500, 1000, 2000)
 HEY_TIMEOUT_S = 10
 OVERLOAD_MARGIN_S = 0.5  # past the deadline, the longest any answer may take
-# GET / req/s of 200s at 50 and 200 clients (wrk) before admission changed (2026-11-22 05:37).
-BEFORE_ADMISSION_RPS = {50: 162, 200: 571}
+# GET / beside the asyncio peer (bench/peer_asyncio.py) with two latency profiles (file,
+# database, API milliseconds): the seed's, where requests wait and pile up in flight, and fast
+# sources, where the CPU a request takes decides.
+PROFILES = {"seed": (100, 200, 300), "fast": (1, 2, 3)}
 SCALING_PAIRS = 10
 DISPATCH_PAIRS = 12
 # Short runs, many of them: this VM's speed drifts by tens of percent within seconds.
@@ -100,15 +103,35 @@ def measure(seconds, data_dir):
         results["seed_workload"] = {"service": wrk(service.url + SEED_WORKLOAD, 1, seconds),
                                     "service_body": seed_body}
         results["scaling"] = scaling(service.url)
-        results["overload"] = [overload(service.url, deployment_pids(service, upstream), c, seconds)
-                               for c in OVERLOAD_CONCURRENCY]
-        results["overload_costs"] = costs(results["overload"])
+    results["versus"] = {profile: versus(data_dir, delays, seconds)
+                         for profile, delays in PROFILES.items()}
+    results["overload"] = results["versus"]["seed"]["service"]
+    results["overload_costs"] = costs(results["overload"])
     with seed_app("seed_thread_pool", SEED_THREADS) as seed:
         results["reads"]["seed"] = [wrk(seed.url + "/", c, seconds) for c in CONCURRENCY]
     with seed_app("seed_process_pool", SEED_THREADS) as seed:
         seed_seconds, body = timed_get(seed.url + SEED_WORKLOAD, 1)
         results["seed_workload"].update(seed_s=seed_seconds, seed_body=body)
     return results
+
+
+def versus(data_dir, delays, seconds):
+    """GET / from the service and from the asyncio peer, both up at once with the same sources
+    and the same latencies `delays` (file, database, API ms), under hey at each of
+    OVERLOAD_CONCURRENCY in turn (who goes first alternates); {"service": runs, "asyncio": runs},
+    each run's CPU that of the server's own process tree."""
+    file_ms, db_ms, api_ms = delays
+    env = {"FILE_DELAY_MS": file_ms, "DB_DELAY_MS": db_ms, "LOG_LEVEL": "error"}
+    runs = {"service": [], "asyncio": []}
+    with deployment(data_dir, api_delay_ms=api_ms, **env) as (service, upstream):
+        peer_env = {**env, "API_URL": upstream.url + "/", "DATABASE_URL": sqlite_url(data_dir)}
+        with peer_asyncio.running(peer_env) as peer:
+            servers = [("service", service), ("asyncio", peer)]
+            for i, clients in enumerate(OVERLOAD_CONCURRENCY):
+                for name, server in servers[::1 if i % 2 == 0 else -1]:
+                    tree = [server.proc.pid] + descendants(server.proc.pid)
+                    runs[name].append(overload(server.url, tree, clients, seconds))
+    return runs
 
 
 def overload(base_url, pids, clients, seconds):
@@ -126,13 +149,16 @@ def overload(base_url, pids, clients, seconds):
         by_status.setdefault(row[6], []).append(float(row[0]) * 1000)
     ok, shed = sorted(by_status.pop("200", [])), sorted(by_status.pop("503", []))
     deadline_ms = Config.REQUEST_TIMEOUT_S * 1000
+    in_time = [ms for ms in ok if ms <= deadline_ms]
     return {
         "connections": clients,
-        "goodput": sum(ms <= deadline_ms for ms in ok) / seconds,
+        "goodput": len(in_time) / seconds,
         "ok_rps": len(ok) / seconds,
         "shed_rps": len(shed) / seconds,
-        "ok_p50_ms": _percentile(ok, 0.5),
-        "ok_p99_ms": _percentile(ok, 0.99),
+        "ok_p50_ms": _percentile(in_time, 0.5),  # of the 200s in time, which goodput counts
+        "ok_p99_ms": _percentile(in_time, 0.99),
+        "late": len(ok) - len(in_time),
+        "ok_max_ms": max(ok + [0.0]),
         "shed_p99_ms": _percentile(shed, 0.99),
         "max_ms": max(ok + shed + [0.0]),
         "others": sum(map(len, by_status.values())),  # neither 200 nor 503, errors included
@@ -209,23 +235,18 @@ def scaling(base_url):
 
 
 def targets(results):
-    """[(what, target, measured, met)] for every target of issue 4."""
-    rows = []
+    """[(what, target, measured, met)]: ratios against the asyncio peer (issue 17), latency at
+    low load against the floor, and the CPU-bound comparisons against the seed."""
+    rows = versus_targets(results["versus"])
     reads = {r["connections"]: r for r in results["reads"]["service"]}
     for c in (50, 200):
         r = reads[c]
         want_rps = 0.97 * c / FLOOR_S
-        rows.append((f"`/` at {c} clients", f"p50 ≤ 305 ms, p99 ≤ 345 ms, ≥ {want_rps:.0f} req/s",
-                     f"p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, {r['ok_rps']:.0f} req/s 200",
-                     r["p50_ms"] <= 305 and r["p99_ms"] <= 345 and r["ok_rps"] >= want_rps))
-    for c, before in BEFORE_ADMISSION_RPS.items():
-        r = reads[c]
-        rows.append((f"`/` at {c} clients, no regression", f"≥ {0.97 * before:.0f} req/s"
-                     + (", p50 ≤ 310 ms, p99 ≤ 345 ms" if c == 50 else ""),
-                     f"{r['ok_rps']:.0f} req/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms",
-                     r["ok_rps"] >= 0.97 * before
-                     and (c != 50 or (r["p50_ms"] <= 310 and r["p99_ms"] <= 345))))
-    rows += overload_targets(results["overload"])
+        rows.append((f"`/` at {c} clients", f"p50 ≤ {FLOOR_S * 1000 + 5:.0f} ms, p99 ≤ 345 ms, "
+                     f"≥ {want_rps:.0f} req/s", f"p50 {r['p50_ms']:.0f} ms, p99 "
+                     f"{r['p99_ms']:.0f} ms, {r['ok_rps']:.0f} req/s 200",
+                     r["p50_ms"] <= FLOOR_S * 1000 + 5 and r["p99_ms"] <= 345
+                     and r["ok_rps"] >= want_rps))
     seed = results["seed_workload"]
     rows.append(("`/is_prime` seed workload", "p50 ≤ 10 ms",
                  f"p50 {seed['service']['p50_ms']:.1f} ms (seed app: {seed['seed_s']:.1f} s)",
@@ -246,24 +267,54 @@ def targets(results):
     return rows
 
 
-def overload_targets(runs):
-    """[(what, target, measured, met)] for the overload runs (issue 8)."""
-    by_clients = {r["connections"]: r for r in runs}
-    at_500 = by_clients[500]
-    rows = [("`/` at 500 clients (hey)", "≥ 900 req/s of 200s, p99 of 200s ≤ 1.5 s, only 200 "
-             "and 503", f"{at_500['goodput']:.0f} req/s, p99 {at_500['ok_p99_ms']:.0f} ms, "
-             f"{at_500['others']} others", at_500["goodput"] >= 900
-             and at_500["ok_p99_ms"] <= 1500 and at_500["others"] == 0)]
-    limit_ms = (Config.REQUEST_TIMEOUT_S + OVERLOAD_MARGIN_S) * 1000
-    for c in (1000, 2000):
-        r = by_clients[c]
-        rows.append((f"`/` at {c} clients (hey)",
-                     f"≥ 90 % of 500's 200s, all ≤ {limit_ms:.0f} ms, 503 p99 ≤ 20 ms",
-                     f"{r['goodput']:.0f} req/s ({r['goodput'] / at_500['goodput']:.0%}), "
-                     f"slowest {r['max_ms']:.0f} ms, 503 p99 {r['shed_p99_ms']:.0f} ms",
-                     r["goodput"] >= 0.9 * at_500["goodput"] and r["max_ms"] <= limit_ms
-                     and r["shed_p99_ms"] <= 20))
+def versus_targets(versus):
+    """[(what, target, measured, met)] for GET / beside the asyncio peer, as ratios measured in
+    one run (issue 17), and the service's own overload behaviour (issue 8)."""
+    seed = _pairs(versus["seed"])
+    rows = []
+    for clients in (500, 1000, 2000):
+        ours, peer = seed[clients]
+        ratio = _ratio(ours["goodput"], peer["goodput"])
+        rows.append((f"seed latency, {clients} clients: goodput", "≥ 1.0 × asyncio's",
+                     f"{ratio:.2f} × ({ours['goodput']:.0f} vs {peer['goodput']:.0f} /s)",
+                     ratio >= 1.0))
+    at_500, at_2000 = seed[500][0], seed[2000][0]
+    deadline_ms = Config.REQUEST_TIMEOUT_S * 1000
+    latest = max(seed[c][0]["ok_max_ms"] for c in seed)
+    rows.append(("seed latency, 500 → 2000 clients", "goodput at 2000 ≥ 0.9 × at 500, "
+                 f"no 200 later than {deadline_ms:.0f} ms",
+                 f"{_ratio(at_2000['goodput'], at_500['goodput']):.2f} ×, latest 200 "
+                 f"{latest:.0f} ms", at_2000["goodput"] >= 0.9 * at_500["goodput"]
+                 and latest <= deadline_ms))
+    refusals = [seed[c][0]["shed_p99_ms"] for c in (1000, 2000)]
+    rows.append(("seed latency, 1000 and 2000 clients: 503s", "p99 ≤ 20 ms",
+                 " and ".join(f"{ms:.0f} ms" for ms in refusals), max(refusals) <= 20))
+    fast = _pairs(versus["fast"])
+    ratios = [_ratio(ours["goodput"], peer["goodput"]) for ours, peer in fast.values()]
+    rows.append(("fast sources: goodput at " + "/".join(map(str, fast)) + " clients",
+                 "≥ 1.0 × asyncio's at each", " / ".join(f"{r:.2f}" for r in ratios) + " ×",
+                 min(ratios) >= 1.0))
+    ours, peer = seed[200]
+    ratio = _ratio(_cpu_ms_per_200(ours), _cpu_ms_per_200(peer))
+    rows.append(("seed latency, 200 clients: CPU per 200", "≤ 1.0 × asyncio's",
+                 f"{ratio:.2f} × ({_cpu_ms_per_200(ours):.2f} vs {_cpu_ms_per_200(peer):.2f} ms)",
+                 ratio <= 1.0))
     return rows
+
+
+def _pairs(runs):
+    """{clients: (the service's run, the asyncio peer's run)}."""
+    return {ours["connections"]: (ours, peer) for ours, peer in zip(runs["service"], runs["asyncio"])}
+
+
+def _ratio(ours, theirs):
+    return ours / theirs if theirs else math.inf
+
+
+def _cpu_ms_per_200(run):
+    """CPU milliseconds of the server's process tree per 200 answered (whatever else it
+    answered meanwhile is part of the cost)."""
+    return run["cpu_s"] * 1000 / run["n_ok"] if run["n_ok"] else math.inf
 
 
 def write_report(results, seconds):
@@ -294,25 +345,9 @@ def write_report(results, seconds):
         for r in results["reads"][label]:
             lines.append(f"| {names[label]} | {r['connections']} | {r['ok_rps']:.0f} | {r['rps']:.0f} "
                          f"| {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['non_2xx']} | {r['errors']} |")
-    costs_ = results["overload_costs"]
-    per_shed = costs_["cpu_ms_per_503"]
-    lines += ["", "## GET / under overload (hey, every response logged)", "",
-              f"Goodput: 200s answered within the {Config.REQUEST_TIMEOUT_S:.0f} s deadline, per "
-              "second. CPU of the whole deployment (gunicorn, pool processes, upstream), fitted "
-              f"over these runs: {costs_['cpu_ms_per_200']:.2f} ms per 200, "
-              + (f"{per_shed:.2f} ms per 503" if per_shed is not None else "no 503s")
-              + f"; {costs_['switches_per_request']:.0f} context switches per request; so the "
-              f"{os.cpu_count()} cores bound it at {costs_['cpu_bound_rps']:.0f} req/s of 200s "
-              "(less what the load generator takes).", "",
-              "| clients | goodput | 200/s | 503/s | 200 p50 ms | 200 p99 ms | 503 p99 ms "
-              "| slowest ms | others |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['connections']} | {r['goodput']:.0f} | {r['ok_rps']:.0f} | "
-              f"{r['shed_rps']:.0f} | {r['ok_p50_ms']:.0f} | {r['ok_p99_ms']:.0f} | "
-              f"{r['shed_p99_ms']:.0f} | {r['max_ms']:.0f} | {r['others']} |"
-              for r in results["overload"]]
+    lines += versus_report(results)
     seed = results["seed_workload"]
-    lines += ["", "![goodput by offered concurrency](goodput.png)", "",
+    lines += ["", "![goodput by offered concurrency, beside the asyncio peer](goodput.png)", "",
               "![throughput and p99 by concurrency](bench.png)", "",
               "## Other comparisons", "",
               f"- seed workload (`/is_prime/` + 100 × `{SEED_NUMBER}`): this service p50 "
@@ -331,6 +366,35 @@ def write_report(results, seconds):
     text = "\n".join(lines) + "\n"
     (REPORTS / "bench.md").write_text(text)
     return text
+
+
+def versus_report(results):
+    """Markdown lines: GET / of the service beside the asyncio peer, per latency profile."""
+    costs_ = results["overload_costs"]
+    per_shed = costs_["cpu_ms_per_503"]
+    lines = ["", "## GET / beside an asyncio server (hey, every response logged)", "",
+             f"The peer: {peer_asyncio.__doc__.splitlines()[2].strip()} … (bench/peer_asyncio.py). "
+             f"Both up at once, taking turns at each level. Goodput: 200s answered within the "
+             f"{Config.REQUEST_TIMEOUT_S:.0f} s deadline, per second; p50 and p99 are of those. "
+             "CPU per 200: the server's process tree, whatever else it answered included. "
+             "Fitted over the service's seed-latency runs: "
+             f"{costs_['cpu_ms_per_200']:.2f} ms per 200, "
+             + (f"{per_shed:.2f} ms per 503" if per_shed is not None else "no 503s")
+             + f"; {costs_['switches_per_request']:.0f} context switches per request."]
+    for profile, delays in PROFILES.items():
+        lines += ["", f"### {profile} latencies: file {delays[0]}, database {delays[1]}, API "
+                  f"{delays[2]} ms", "",
+                  "| clients | goodput: service / asyncio | ratio | p50 ms | p99 ms "
+                  "| 503/s | late 200s | others | CPU ms per 200 |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for clients, (ours, peer) in _pairs(results["versus"][profile]).items():
+            both = lambda key, f="{:.0f}": f"{f.format(ours[key])} / {f.format(peer[key])}"
+            lines.append(
+                f"| {clients} | {both('goodput')} | "
+                f"{_ratio(ours['goodput'], peer['goodput']):.2f} | {both('ok_p50_ms')} | "
+                f"{both('ok_p99_ms')} | {both('shed_rps')} | {both('late')} | "
+                f"{both('others')} | {_cpu_ms_per_200(ours):.2f} / {_cpu_ms_per_200(peer):.2f} |")
+    return lines
 
 
 def plot(results, path):
@@ -359,27 +423,31 @@ def plot(results, path):
 
 
 def plot_goodput(results, path):
-    """Goodput and all answers per second against offered concurrency, with the ideal c / 0.3 s
-    and the bound that the measured CPU per 200 puts on the cores."""
+    """Goodput against offered concurrency, the service's and the asyncio peer's, one panel
+    per latency profile; on the seed's, the ideal c / 0.3 s and the bound that the service's
+    CPU per 200 puts on the cores."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = results["overload"]
-    xs = [r["connections"] for r in runs]
-    fig, axes = plt.subplots(figsize=(7, 4.5))
-    axes.plot(xs, [r["goodput"] for r in runs], "o-", label="200s within the deadline / s")
-    axes.plot(xs, [r["ok_rps"] + r["shed_rps"] for r in runs], "s--", label="all answers / s")
-    axes.plot(xs, [c / FLOOR_S for c in xs], ":", color="grey", label="ideal: clients / 0.3 s")
-    axes.axhline(results["overload_costs"]["cpu_bound_rps"], color="red", linestyle="-.",
-                 label="CPU bound: cores / CPU per 200")
-    top = max(r["ok_rps"] + r["shed_rps"] for r in runs)
-    axes.set(xscale="log", xlabel="concurrent clients", ylabel="per second",
-             ylim=(0, max(top, results["overload_costs"]["cpu_bound_rps"]) * 1.15),
-             title="GET / under overload")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend()
+    fig, panels = plt.subplots(1, len(PROFILES), figsize=(12, 4.5))
+    for axes, (profile, delays) in zip(panels, PROFILES.items()):
+        runs = results["versus"][profile]
+        for name, style in (("service", "o-"), ("asyncio", "s--")):
+            xs = [r["connections"] for r in runs[name]]
+            axes.plot(xs, [r["goodput"] for r in runs[name]], style,
+                      label=f"{name}: 200s within the deadline / s")
+        if profile == "seed":
+            axes.plot(xs, [c / FLOOR_S for c in xs], ":", color="grey",
+                      label="ideal: clients / 0.3 s")
+            axes.axhline(results["overload_costs"]["cpu_bound_rps"], color="red",
+                         linestyle="-.", label="CPU bound of the service")
+        top = max(r["goodput"] for name in runs for r in runs[name])
+        axes.set(xscale="log", xlabel="concurrent clients", ylabel="per second",
+                 ylim=(0, top * 1.3), title=f"GET /, {profile} latencies ({delays[2]} ms API)")
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

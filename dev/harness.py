@@ -198,10 +198,15 @@ def start_gunicorn(api_url, data_dir, port=None, cpus=None, **env):
     settings = {
         "PORT": str(port),
         "API_URL": api_url,
-        "DATABASE_URL": f"sqlite:///{Path(data_dir) / 'app.db'}",
+        "DATABASE_URL": sqlite_url(data_dir),
     }
     settings.update({key: str(value) for key, value in env.items()})
     return Service(command, port, settings)
+
+
+def sqlite_url(data_dir):
+    """The URL of the SQLite database that start_gunicorn gives a service in `data_dir`."""
+    return f"sqlite:///{Path(data_dir) / 'app.db'}"
 
 
 def start_dask_scheduler(port=None):
@@ -241,10 +246,11 @@ def _dask_cli():
 
 
 @contextmanager
-def deployment(data_dir, **env):
+def deployment(data_dir, api_delay_ms=Config.API_DELAY_MS, **env):
     """The default deployment with the seed's latency profile, as `make run` starts it:
-    the upstream (API_DELAY_MS) and gunicorn; yields (gunicorn, upstream) and stops both."""
-    upstream = start_upstream(delay_ms=Config.API_DELAY_MS)
+    the upstream (answering after `api_delay_ms`) and gunicorn; yields (gunicorn, upstream)
+    and stops both."""
+    upstream = start_upstream(delay_ms=api_delay_ms)
     try:
         service = start_gunicorn(upstream.url + "/", data_dir, **env)
         try:

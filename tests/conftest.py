@@ -82,7 +82,7 @@ def upstream():
 @pytest.fixture
 def app(tmp_path, upstream):
     """An app on a fresh SQLite file and the real upstream, with no simulated latency."""
-    database_url = f"sqlite:///{tmp_path / 'app.db'}"
+    database_url = harness.sqlite_url(tmp_path)
     init_db(database_url)
     app = create_app({
         "TESTING": True,

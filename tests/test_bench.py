@@ -2,8 +2,11 @@
 import subprocess
 
 import pytest
+import requests
 
-from bench import bench, clients
+from bench import bench, clients, peer_asyncio
+from dev import harness
+from services.db import init_db
 
 WRK_OUTPUT = """Running 8s test @ http://127.0.0.1:8000/
   1 threads and 200 connections
@@ -35,23 +38,36 @@ def test_wrk_refuses_other_hosts():
         clients.wrk("http://10.0.0.1:8000/", 1, 1)
 
 
-def results(service_rps=(3, 165, 660, 1100), p50=300, p99=340,
-            overload_rps=(165, 660, 950, 900, 880), shed_p99=15):
-    """Results as measure() returns them, with the reads' figures chosen by the caller."""
+def run(clients, goodput, shed=0.0, shed_p99=15, latest=1900, cpu_ms=1.0):
+    """One hey run as overload() returns it, over 8 s."""
+    return {"connections": clients, "goodput": goodput, "ok_rps": goodput, "shed_rps": shed,
+            "ok_p50_ms": 320, "ok_p99_ms": 900, "late": 0, "ok_max_ms": latest,
+            "shed_p99_ms": shed_p99, "max_ms": latest, "others": 0, "n_ok": int(goodput * 8),
+            "n_shed": int(shed * 8), "cpu_s": goodput * 8 * cpu_ms / 1000, "switches": 0}
+
+
+def versus(ours=(165, 660, 950, 900, 880), theirs=(165, 650, 900, 850, 800), shed_p99=15,
+           latest=1900, cpu_ms=(1.0, 1.2)):
+    """Runs of the service and of the asyncio peer, at bench.OVERLOAD_CONCURRENCY."""
+    return {"service": [run(c, g, shed, shed_p99, latest, cpu_ms[0]) for c, g, shed in
+                        zip(bench.OVERLOAD_CONCURRENCY, ours, (0, 0, 0, 200, 900))],
+            "asyncio": [run(c, g, cpu_ms=cpu_ms[1])
+                        for c, g in zip(bench.OVERLOAD_CONCURRENCY, theirs)]}
+
+
+def results(service_rps=(3, 165, 660, 1100), p50=300, p99=340, **seed_versus):
+    """Results as measure() returns them, with the figures chosen by the caller."""
     reads = [{"connections": c, "rps": r, "ok_rps": r, "p50_ms": p50, "p99_ms": p99,
               "non_2xx": 0, "errors": 0} for c, r in zip(bench.CONCURRENCY, service_rps)]
+    pairs = {"seed": versus(**seed_versus), "fast": versus((900,) * 5, (800,) * 5)}
     return {
         "reads": {"service": reads, "sequential": reads, "seed": reads},
         "seed_workload": {"service": {"p50_ms": 2.0}, "seed_s": 20.0, "service_body": {},
                           "seed_body": {}},
         "dispatch": {"trivial": 1000, "is_prime": 900, "ratio": 0.9},
         "scaling": {"inline": 0.4, "process": 0.2},
-        "overload": [{"connections": c, "goodput": g, "ok_rps": g, "shed_rps": shed,
-                      "ok_p50_ms": 320, "ok_p99_ms": 900, "shed_p99_ms": shed_p99, "max_ms": 1900,
-                      "others": 0, "n_ok": int(g * 8), "n_shed": int(shed * 8), "cpu_s": 0,
-                      "switches": 0}
-                     for c, g, shed in zip(bench.OVERLOAD_CONCURRENCY, overload_rps,
-                                           (0, 0, 0, 200, 900))],
+        "versus": pairs,
+        "overload": pairs["seed"]["service"],
         "overload_costs": {"cpu_ms_per_200": 1.8, "cpu_ms_per_503": 0.4,
                            "switches_per_request": 20, "cpu_bound_rps": 1100},
         "memory_idle": (250.0, 150.0),
@@ -72,20 +88,32 @@ def test_targets_missed_are_named():
 def test_report_is_written(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "REPORTS", tmp_path)
     text = bench.write_report(results(), 8)
-    assert "| `/` at 500 clients (hey) | ≥ 900 req/s of 200s" in text
-    assert "| 2000 | 880 | 880 | 900 |" in text
+    assert "| seed latency, 1000 clients: goodput | ≥ 1.0 × asyncio's | 1.06 × (900 vs 850 /s)" \
+        in text
+    assert "| 2000 | 880 / 800 | 1.10 | 320 / 320 | 900 / 900 | 900 / 0 |" in text
     assert (tmp_path / "bench.png").stat().st_size > 0
     assert (tmp_path / "goodput.png").stat().st_size > 0
 
 
-def test_overload_verdicts():
-    verdicts = {what: met for what, _, _, met in bench.targets(results())}
-    assert verdicts["`/` at 500 clients (hey)"] and verdicts["`/` at 2000 clients (hey)"]
-    collapsed = {what: met for what, _, _, met in
-                 bench.targets(results(overload_rps=(165, 660, 950, 900, 500)))}
-    assert collapsed["`/` at 1000 clients (hey)"] and not collapsed["`/` at 2000 clients (hey)"]
-    slow_refusals = {what: met for what, _, _, met in bench.targets(results(shed_p99=900))}
-    assert not slow_refusals["`/` at 1000 clients (hey)"]
+@pytest.mark.parametrize("change, missed", [
+    ({"theirs": (165, 650, 1000, 850, 800)}, "seed latency, 500 clients: goodput"),
+    ({"ours": (165, 660, 950, 900, 500), "theirs": (165, 650, 900, 850, 450)},
+     "seed latency, 500 → 2000 clients"),
+    ({"latest": 2100}, "seed latency, 500 → 2000 clients"),
+    ({"shed_p99": 900}, "seed latency, 1000 and 2000 clients: 503s"),
+    ({"cpu_ms": (1.3, 1.2)}, "seed latency, 200 clients: CPU per 200"),
+])
+def test_versus_verdicts(change, missed):
+    verdicts = {what: met for what, _, _, met in bench.targets(results(**change))}
+    assert verdicts[missed] is False
+    assert sum(not met for met in verdicts.values()) == 1, verdicts
+
+
+def test_fast_sources_are_judged_at_every_level():
+    slower_once = results()
+    slower_once["versus"]["fast"] = versus((900, 900, 700, 900, 900), (800,) * 5)
+    verdicts = {what: met for what, _, _, met in bench.targets(slower_once)}
+    assert verdicts["fast sources: goodput at 50/200/500/1000/2000 clients"] is False
 
 
 def test_costs_fit_cpu_per_200_and_per_503():
@@ -94,3 +122,20 @@ def test_costs_fit_cpu_per_200_and_per_503():
     fitted = bench.costs(runs)
     assert fitted["cpu_ms_per_200"] == pytest.approx(2.0)
     assert fitted["cpu_ms_per_503"] == pytest.approx(0.5)
+
+
+def test_asyncio_peer_reads_what_the_service_reads(tmp_path, upstream, client):
+    """The peer of make bench answers GET / with the same three results as the service."""
+    init_db(harness.sqlite_url(tmp_path))
+    settings = {"API_URL": upstream.url + "/", "DATABASE_URL": harness.sqlite_url(tmp_path),
+                "FILE_DELAY_MS": 0, "DB_DELAY_MS": 0}
+    with peer_asyncio.running(settings) as peer:
+        response = requests.get(peer.url + "/", timeout=10)
+    ours = client.get("/").get_json()
+    assert response.status_code == 200, response.text
+    body = response.json()
+    for key in ("result_file", "result_db"):
+        assert body[key] == ours[key]
+    assert body["result_api"]["source"] == ours["result_api"]["source"] == "upstream"
+    assert set(body["timings_ms"]) == {"file", "db", "api", "total"}
+    assert response.headers["X-Request-ID"] and "api;dur=" in response.headers["Server-Timing"]
