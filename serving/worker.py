@@ -197,7 +197,11 @@ class QueueTimedThreadWorker(ThreadWorker):
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
 
     def _on_readable(self, conn, sock):
-        reader = self._readers[conn]
+        reader = self._readers.get(conn)
+        if reader is None:
+            # Evicted by an accept earlier in the same batch of events: select() returned
+            # this event before the connection was closed.
+            return
         try:
             data = sock.recv(RECV_BYTES)
         except (BlockingIOError, InterruptedError):

@@ -140,3 +140,24 @@ def test_the_worker_class_does_not_import_prometheus_client():
     output = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, check=True, timeout=30).stdout
     assert output.strip() == "False"
+
+
+def test_a_connection_evicted_earlier_in_the_same_batch_of_events_is_skipped(busy_worker):
+    # Found by make bench at 2000 clients: the poller's select() returned the listener and then
+    # a waiting connection; accepting evicted that connection, and its own event, next in the
+    # same batch, raised KeyError in the poller, which took the whole worker down.
+    fake, listener, clients = busy_worker
+    fake._in_threads = 0  # a free thread: connections are accepted at once
+    fake.nr_conns = 0
+    connect(listener, clients, fake.worker_connections - 1)
+    for _ in range(fake.worker_connections):  # one accept an event
+        fake.wait_for_and_dispatch_events(timeout=0.1)
+    assert len(fake.accepted) == fake.worker_connections - 1
+    first = next(iter(fake.accepted))
+    connect(listener, clients, 1)  # the listener is ready first (epoll keeps that order) …
+    time.sleep(0.05)
+    for client in clients[:-1]:
+        client.send(b"G")  # … then every waiting connection
+    time.sleep(0.05)
+    fake.wait_for_and_dispatch_events(timeout=0.1)
+    assert first not in fake.accepted and len(fake.accepted) == fake.worker_connections - 1
