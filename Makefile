@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-requirements
 
-.PHONY: install run test bench load cluster clean
+.PHONY: install run test bench profile load cluster clean
 
 install: $(STAMP)
 
@@ -25,6 +25,11 @@ test: $(STAMP)
 # Side-by-side benchmarks against the seed's apps: reports/bench.md and reports/bench.png.
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench $(BENCH_ARGS)
+
+# Where one GET / spends its CPU (py-spy), and what a request in flight costs: reports/profile.md
+# and reports/profile.svg.
+profile: $(STAMP)
+	$(BIN)/python -m bench.profile $(PROFILE_ARGS)
 
 # A bounded headless locust run against a deployment it starts: reports/load.html and CSVs.
 load: $(STAMP)

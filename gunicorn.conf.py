@@ -16,6 +16,7 @@ import gc
 import glob
 import os
 import shutil
+import sys
 import tempfile
 
 from config import Config
@@ -127,11 +128,13 @@ def pre_fork(server, worker):
 
 
 def post_worker_init(worker):
-    """Start this worker's pools, pin it to its CPU, and exempt what exists now from the GC."""
+    """Start this worker's pools, pin it to its CPU, set its GIL switch interval
+    (GIL_SWITCH_MS), and exempt what exists now from the GC."""
     worker.wsgi.extensions["pools"].warm()
     # After warm(): the forkserver is started unpinned, so pool processes may use every CPU.
     if getattr(worker, "cpu", None) is not None:
         pinning.pin_process(worker.cpu)
+    sys.setswitchinterval(Config.GIL_SWITCH_MS / 1000)
     if Config.GC_FREEZE:
         # The ~60,000 objects of the loaded app never die, yet every full collection walks them
         # all: a 40 ms pause of every thread of the worker here, a p99 of its own. Frozen, they

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from dev.harness import Service, descendants, free_port, start_upstream, worker_pids
+from dev.harness import ROOT, Service, descendants, free_port, start_upstream, worker_pids
 from tests.conftest import big_primes, start_gunicorn, timed_get
 
 SEED_PROFILE = {"FILE_DELAY_MS": 100, "DB_DELAY_MS": 200}
@@ -191,3 +191,33 @@ def test_workers_are_pinned_to_cpus_of_their_own_and_pool_processes_are_not(serv
     assert len(set().union(*pinned)) == min(len(workers), len(cpus))
     helpers = [pid for worker in workers for pid in descendants(worker)]  # forkserver, pool, tracker
     assert helpers and all(os.sched_getaffinity(pid) == cpus for pid in helpers)
+
+
+@pytest.fixture
+def conf():
+    """gunicorn.conf.py loaded as gunicorn loads it, with the interpreter's state restored."""
+    import gc
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("gunicorn_conf", ROOT / "gunicorn.conf.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    interval = sys.getswitchinterval()
+    yield module
+    sys.setswitchinterval(interval)
+    gc.unfreeze()
+
+
+def test_a_started_worker_takes_its_switch_interval_and_freezes_what_it_holds(conf, monkeypatch):
+    import gc
+    import sys
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(conf.Config, "GIL_SWITCH_MS", 17.0)
+    monkeypatch.setattr(conf.Config, "GC_FREEZE", True)
+    warmed = []
+    pools = SimpleNamespace(warm=lambda: warmed.append(True))
+    conf.post_worker_init(SimpleNamespace(wsgi=SimpleNamespace(extensions={"pools": pools})))
+    assert warmed and sys.getswitchinterval() == pytest.approx(0.017)
+    assert gc.get_freeze_count() > 0
