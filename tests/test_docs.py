@@ -1,6 +1,9 @@
-"""The README against the code: its diagrams, configuration table and code map stay true."""
+"""The README against the code: its diagrams, configuration table and code map stay true; and
+requirements.txt's service part is what the service imports."""
 import ast
+import importlib.metadata
 import re
+import sys
 import textwrap
 
 import pytest
@@ -63,3 +66,40 @@ def test_the_code_map_names_every_module_and_only_files_that_exist():
 
 def test_the_readme_stays_short():
     assert len(README.encode()) <= README_LIMIT_BYTES
+
+
+SERVICE_FILES = ["app.py", "config.py", "pools.py", "pages.py", "openapi.py", "telemetry.py",
+                 "gunicorn.conf.py", "services/*.py", "serving/*.py"]
+LOCAL = {"app", "config", "pools", "pages", "openapi", "telemetry", "services", "serving", "dev"}
+LOADED_BY_URL = {"psycopg2-binary"}  # SQLAlchemy imports it for a postgresql:// URL
+
+
+def _normal(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def service_imports():
+    """The distributions whose modules the service's own files import."""
+    modules = set()
+    for pattern in SERVICE_FILES:
+        for path in ROOT.glob(pattern):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    modules |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                    modules.add(node.module.split(".")[0])
+    distributions = importlib.metadata.packages_distributions()
+    modules -= set(sys.stdlib_module_names) | LOCAL
+    return {_normal(dist) for module in modules for dist in distributions[module]}
+
+
+def test_the_service_part_of_requirements_is_what_the_service_imports():
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    assert lines[0].startswith("# The service")
+    listed = set()
+    for line in lines[1:]:
+        if line.startswith("#") and listed:  # the next part's heading
+            break
+        if "==" in line:
+            listed.add(_normal(line.split("==")[0]))
+    assert listed - LOADED_BY_URL == service_imports()
