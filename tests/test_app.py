@@ -210,6 +210,7 @@ def test_a_batch_no_core_can_finish_by_the_deadline_is_refused_at_once(client, m
     assert "deadline" in response.get_json()["error"] and time.monotonic() - start < 0.5
 
 
+@pytest.mark.slow  # finds 900-digit primes, then runs them to the deadline
 @pytest.mark.parametrize("mode, primes_900", [("inline", 10), ("process", 20)])
 def test_a_batch_stops_at_the_deadline_where_it_runs(app, client, mode, primes_900):
     app.config["REQUEST_TIMEOUT_S"] = 0.25

@@ -13,6 +13,8 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
 WAIT_S = 15
 # As the machine's notes advise: without the background-networking flags Chromium keeps trying
 # to reach Google's hosts, which this closed network refuses.

@@ -14,6 +14,8 @@ from deploy import cluster as deploy
 from dev import harness
 from tests.conftest import TEST_SIZE, big_primes, missing, timed_get
 
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
 BIG_BATCH = "/is_prime/" + ",".join(big_primes(900, 4)) + "?mode=process"
 HOST_SIZE = {key: value for key, value in TEST_SIZE.items() if key != "WEB_WORKERS"}
 # Load while a host is killed: clients, and how long after the restart it goes on.

@@ -11,6 +11,8 @@ from config import Config
 from dev import harness
 from tests.conftest import big_primes, run_clients, start_gunicorn, timed_get
 
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
 BIG_BATCH = "/is_prime/" + ",".join(big_primes(900, 8)) + "?mode=process"
 SMALL = "/is_prime/1,2,3?mode=inline"
 # A request may wait for one connect to the scheduler (READY_TIMEOUT_S, 1 s).

@@ -17,6 +17,8 @@ from bench import flood
 from dev.harness import descendants, free_port, parent_of, worker_pids
 from tests.conftest import TEST_SIZE, big_primes, run_clients, start_gunicorn, timed_get
 
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
+
 DEADLINE_S = 1.0
 MARGIN_S = 0.5
 BIG_BATCH = "/is_prime/" + ",".join(big_primes(900, 4)) + "?mode=process"
@@ -266,7 +268,11 @@ def test_a_flood_of_big_batches_leaves_small_ones_their_answers_and_no_cpu_behin
     figures = flood.run(service.url, [flood.HUGE, flood.admissible()], clients=6, seconds=8)
     figures["idle_after_s"] = flood.idle_after(flood.pool_pids(service), give_up_s=10)
     print(f"\nflood: {figures}")
-    assert set(figures["flood"]) <= {413, 503, 504} and figures["flood"].get(413)
+    # The body is refused (413) where its least cost passes the deadline, which this
+    # machine's calibrated speed decides: at a fast moment it is admitted, and then answered
+    # (200) or stopped at the deadline (504), never left running.
+    assert set(figures["flood"]) <= {200, 413, 503, 504}
+    assert figures["flood"].get(413) or figures["flood"].get(504)
     assert figures["flood_slowest_s"] < 2 + 0.3
     assert figures["idle_after_s"] <= 0.5  # was 18 s
     assert set(figures["tiny"]) == {200}

@@ -145,6 +145,7 @@ def test_metrics_directories_go_with_their_master_even_one_killed(upstream_300, 
     assert not metrics_dir(service).exists()
 
 
+@pytest.mark.slow  # make install first, then gunicorn and the upstream
 def test_make_run_serves_and_stops_its_upstream():
     port, upstream_port = free_port(), free_port()
     env = {"PORT": str(port), "UPSTREAM_PORT": str(upstream_port), "API_URL": "",

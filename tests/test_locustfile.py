@@ -8,6 +8,8 @@ import pytest
 from dev.harness import ROOT, free_port
 from tests.conftest import start_gunicorn
 
+pytestmark = [pytest.mark.slow, pytest.mark.load]
+
 # Long enough that every task, even the rarest (1 in 8 of the prime user's), is sure to run.
 RUN = ["--users", "20", "--spawn-rate", "20", "--run-time", "6s"]
 

@@ -67,6 +67,8 @@ def fuzz_runs():
                     yield method, path, mode
 
 
+@pytest.mark.slow
+@pytest.mark.fuzz
 @pytest.mark.parametrize("method, path, mode", list(fuzz_runs()))
 def test_fuzzed_requests_get_no_server_error_and_conform_to_the_document(fuzzed, method, path,
                                                                           mode):
@@ -84,6 +86,8 @@ def test_fuzzed_requests_get_no_server_error_and_conform_to_the_document(fuzzed,
     fuzz()
 
 
+@pytest.mark.slow
+@pytest.mark.fuzz
 def test_a_request_line_too_long_gets_gunicorn_s_414_as_documented(fuzzed):
     case = fuzzed["/is_prime/{numbers}"]["get"].Case(path_parameters={"numbers": "7," * 4500})
     response = case.call(timeout=10)

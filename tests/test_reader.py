@@ -126,6 +126,8 @@ def short_reads(upstream, tmp_path):
     service.stop()
 
 
+@pytest.mark.slow
+@pytest.mark.faults
 def test_slow_silent_and_hostile_clients_cost_get_slash_nothing(short_reads):
     service = short_reads
     workers = worker_pids(service)
