@@ -6,16 +6,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 
 
+class SettingError(ValueError):
+    """An environment variable holds a value its setting cannot take."""
+
+    def __init__(self, name, value, allowed):
+        super().__init__(f"{name}={value!r} is not a valid setting: {allowed}")
+
+
 def env_int(name, default):
     """Return environment variable `name` as an int, or `default` when unset or empty."""
-    value = os.environ.get(name, "")
-    return int(value) if value.strip() else default
+    return _parsed(name, default, int, "a whole number")
 
 
 def env_float(name, default):
     """Return environment variable `name` as a float, or `default` when unset or empty."""
-    value = os.environ.get(name, "")
-    return float(value) if value.strip() else default
+    return _parsed(name, default, float, "a number")
 
 
 def env_str(name, default):
@@ -23,10 +28,28 @@ def env_str(name, default):
     return os.environ.get(name, "") or default
 
 
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def env_bool(name, default):
-    """Return environment variable `name` as a bool (1/true/yes/on), or `default` when unset."""
+    """Return environment variable `name` as a bool (one of TRUE_WORDS or FALSE_WORDS), or
+    `default` when unset or empty."""
     value = os.environ.get(name, "").strip().lower()
-    return value in ("1", "true", "yes", "on") if value else default
+    if not value:
+        return default
+    if value not in TRUE_WORDS + FALSE_WORDS:
+        raise SettingError(name, os.environ[name], "one of " + ", ".join(TRUE_WORDS + FALSE_WORDS))
+    return value in TRUE_WORDS
+
+
+def _parsed(name, default, kind, allowed):
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        raise SettingError(name, value, allowed) from None
 
 
 class Config:

@@ -26,7 +26,7 @@ from dev import harness
 from services.db import init_db
 
 HERE = Path(__file__).resolve().parent
-POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+POSTGRES_URL = harness.LOCAL_POSTGRES_URL
 # Of PostgreSQL's default max_connections (100), what all hosts may hold at once: DB_POOL_SIZE of
 # each worker is its share. A read holds a connection only for its query, so a few suffice.
 DB_CONNECTIONS = 64

@@ -12,7 +12,7 @@ from dev import harness
 from dev.harness import start_upstream
 from services.db import init_db
 
-POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", harness.LOCAL_POSTGRES_URL)
 
 
 def far():
