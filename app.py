@@ -13,7 +13,7 @@ from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 import openapi
 import pages
 import telemetry
-from config import Config
+from config import Config, derive
 from pools import ExecutorFailed, PoolRestarted, Pools, Saturated
 from serving import worker
 from serving.admission import is_work, refusal
@@ -79,23 +79,21 @@ def create_app(test_config=None):
     app.config.from_object(Config)
     if test_config:
         app.config.update(test_config)
-    cfg = app.config
+    cfg = derive(app.config)
     app.json = OrderedJSONProvider(app)
-    app.config["MAX_CONTENT_LENGTH"] = cfg["MAX_BODY_BYTES"]
     telemetry.configure_logging(cfg["LOG_LEVEL"])
 
     timeout = cfg["REQUEST_TIMEOUT_S"]
     sources = [
         FileSource(cfg["FILE_PATH"], cfg["FILE_DELAY_MS"] / 1000),
         DbSource(cfg["DATABASE_URL"], cfg["DB_DELAY_MS"] / 1000,
-                 cfg["DB_POOL_SIZE"] or cfg["WEB_THREADS"], timeout),
+                 cfg["DB_POOL_SIZE"], timeout),
         ApiSource(cfg["API_URL"]),
     ]
     app.extensions["sources"] = {source.name: source for source in sources}
     primes.calibrate()  # admission by cost needs this machine's speed
     app.extensions["pools"] = Pools(
-        # A thread for every pooled read of every request a worker can serve at once.
-        thread_size=cfg["THREAD_POOL_SIZE"] or cfg["WEB_THREADS"] * (len(sources) - 1),
+        thread_size=cfg["THREAD_POOL_SIZE"],
         process_size=cfg["PROCESS_POOL_SIZE"],
         thread_queue=cfg["THREAD_QUEUE_LIMIT"],
         process_preload=[primes.__name__],

@@ -1,9 +1,11 @@
 """Every setting of the service, gunicorn and the stand-in upstream: the only reader of the
-environment. The README's configuration table lists the same names (a test checks it)."""
+environment, and the only place a setting is derived from others (derive()). The README's
+configuration table lists the same names (a test checks it)."""
 import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+GET_SOURCES = 3  # GET / reads a file, a database and an API (app.py)
 
 
 class SettingError(ValueError):
@@ -115,9 +117,9 @@ class Config:
     RETRY_AFTER_S = env_int("RETRY_AFTER_S", 1)
     READY_TIMEOUT_S = env_float("READY_TIMEOUT_S", 1.0)
 
-    # Pools. THREAD_POOL_SIZE 0 means WEB_THREADS x (the fan-out of GET / - 1): a thread for every
-    # read of every request a worker can serve at once (the request thread does one read itself),
-    # so a read never waits for a thread.
+    # Pools. THREAD_POOL_SIZE 0 means WEB_THREADS x (GET_SOURCES - 1): a thread for every read of
+    # every request a worker can serve at once (the request thread does one read itself), so a
+    # read never waits for a thread (derive()).
     THREAD_POOL_SIZE = env_int("THREAD_POOL_SIZE", 0)
     PROCESS_POOL_SIZE = env_int("PROCESS_POOL_SIZE", os.cpu_count() or 1)
     # Where prime checks run: "process" (this worker's pool) or dask://HOST:PORT, a Dask
@@ -157,3 +159,13 @@ class Config:
     # The largest body read (a 413 beyond): by default a POST /is_prime of PRIME_MAX_ITEMS
     # numbers of PRIME_MAX_DIGITS digits, quoted, about 1 MB. No route takes more.
     MAX_BODY_BYTES = env_int("MAX_BODY_BYTES", PRIME_MAX_ITEMS * (PRIME_MAX_DIGITS + 4) + 64)
+
+
+def derive(settings):
+    """Fill in, in place, the settings whose value follows from others: the pool sizes left at 0
+    and Flask's MAX_CONTENT_LENGTH; return `settings` (a dict, or app.config)."""
+    threads = settings["WEB_THREADS"]
+    settings["THREAD_POOL_SIZE"] = settings["THREAD_POOL_SIZE"] or threads * (GET_SOURCES - 1)
+    settings["DB_POOL_SIZE"] = settings["DB_POOL_SIZE"] or threads
+    settings["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"]
+    return settings

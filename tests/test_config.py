@@ -44,3 +44,13 @@ def test_gunicorn_does_not_start_with_a_bad_setting():
                              text=True, timeout=60)
     assert started.returncode != 0
     assert "WEB_THREADS='abc' is not a valid setting: a whole number" in started.stderr
+
+
+def test_what_follows_from_other_settings_is_derived_in_one_place(app):
+    assert len(app.extensions["sources"]) == config.GET_SOURCES
+    assert app.config["THREAD_POOL_SIZE"] == app.config["WEB_THREADS"] * (config.GET_SOURCES - 1)
+    assert app.config["DB_POOL_SIZE"] == app.config["WEB_THREADS"]
+    assert app.config["MAX_CONTENT_LENGTH"] == app.config["MAX_BODY_BYTES"]
+    given = config.derive({"WEB_THREADS": 4, "THREAD_POOL_SIZE": 3, "DB_POOL_SIZE": 2,
+                           "MAX_BODY_BYTES": 10})
+    assert (given["THREAD_POOL_SIZE"], given["DB_POOL_SIZE"]) == (3, 2)  # set ones are kept
