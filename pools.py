@@ -29,7 +29,6 @@ first use in the process that uses them, never inherited across a fork.
 import contextvars
 import heapq
 import itertools
-import math
 import multiprocessing
 import os
 import threading
@@ -229,11 +228,10 @@ class Pools:
         self.dask_address = dask_executor.parse(cpu_executor)
         self._cpu_tasks = telemetry.CPU_TASKS.labels(
             "process" if self.dask_address is None else dask_executor.SCHEME)
-        self._connect_timeout_s = connect_timeout_s
-        self._reconnect_after_s = reconnect_after_s
-        self._connect_failed_at = -math.inf  # time.monotonic() of the last failed connect
         # The modules the work needs: preloaded by the forkserver, shipped by value to Dask.
         self._work_modules = list(process_preload)
+        self._connect_dask = None if self.dask_address is None else dask_executor.Connector(
+            self.dask_address, connect_timeout_s, reconnect_after_s, ship=self._work_modules)
         # The CPUs this process may use now, before gunicorn.conf.py pins a worker to one of them.
         self._cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
         self._thread_gate = PerProcess(lambda: _Gate("thread", thread_size, thread_queue))
@@ -256,23 +254,6 @@ class Pools:
         telemetry.POOL_SIZE.labels("process").set(self.process_size)
         return ProcessPoolExecutor(self.process_size, mp_context=context,
                                    initializer=pool_child.init, initargs=(os.getpid(), self._cpus))
-
-    def _connect_dask(self):
-        # This runs under the PerProcess lock, so with the scheduler down every thread after a
-        # CPU executor would wait out its own connect timeout in turn: 60 requests took up to
-        # 19 s for their 503. After a failed connect no thread tries again for a while, and
-        # meanwhile each gets its 503 at once.
-        waited_s = time.monotonic() - self._connect_failed_at
-        if waited_s < self._reconnect_after_s:
-            raise dask_executor.SchedulerUnavailable(
-                f"no Dask scheduler at {self.dask_address} {waited_s:.1f} s ago; trying again "
-                f"in {self._reconnect_after_s - waited_s:.1f} s")
-        try:
-            return dask_executor.DaskExecutor(self.dask_address, self._connect_timeout_s,
-                                              ship=self._work_modules)
-        except dask_executor.SchedulerUnavailable:
-            self._connect_failed_at = time.monotonic()
-            raise
 
     def thread_pool(self):
         """Return this process's thread pool, creating it on first use."""
