@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from serving import worker
 
-from tests.conftest import big_primes, far
+from tests.helpers import big_primes, far
 
 
 def test_index_returns_all_three_results(client):

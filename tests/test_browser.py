@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from dev import harness
-from tests.conftest import TEST_SIZE, missing
+from tests.helpers import TEST_SIZE, missing
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402

@@ -12,7 +12,7 @@ import requests
 
 from deploy import cluster as deploy
 from dev import harness
-from tests.conftest import TEST_SIZE, big_primes, missing, timed_get
+from tests.helpers import TEST_SIZE, big_primes, missing, timed_get
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 

@@ -9,7 +9,7 @@ import requests
 
 from config import Config
 from dev import harness
-from tests.conftest import big_primes, run_clients, start_gunicorn, timed_get
+from tests.helpers import big_primes, run_clients, start_gunicorn, timed_get
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 

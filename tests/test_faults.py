@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench import flood
 from dev.harness import descendants, free_port, parent_of, worker_pids
-from tests.conftest import TEST_SIZE, big_primes, run_clients, start_gunicorn, timed_get
+from tests.helpers import TEST_SIZE, big_primes, run_clients, start_gunicorn, timed_get
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 

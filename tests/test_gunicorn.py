@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from dev.harness import ROOT, Service, descendants, free_port, start_upstream, worker_pids
-from tests.conftest import big_primes, start_gunicorn, timed_get
+from tests.helpers import big_primes, start_gunicorn, timed_get
 
 SEED_PROFILE = {"FILE_DELAY_MS": 100, "DB_DELAY_MS": 200}
 API_DELAY_MS = 300

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from dev.harness import ROOT, free_port
-from tests.conftest import start_gunicorn
+from tests.helpers import start_gunicorn
 
 pytestmark = [pytest.mark.slow, pytest.mark.load]
 

@@ -11,7 +11,7 @@ from openapi_spec_validator import validate
 
 import openapi
 from config import Config
-from tests.conftest import start_gunicorn
+from tests.helpers import start_gunicorn
 
 # Bounded fuzzing: at most this many generated requests per operation and generation mode
 # (schema-valid and schema-invalid), to 127.0.0.1 only.

@@ -15,7 +15,7 @@ import pools
 import telemetry
 from dev.harness import ROOT, free_port
 from services import primes
-from tests.conftest import big_primes, far
+from tests.helpers import big_primes, far
 
 SLEEP_S = 0.2
 

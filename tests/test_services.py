@@ -11,7 +11,7 @@ from services import simulate_latency
 from services.api import ApiSource
 from services.db import SEED_ROWS, DbSource, init_db, quotes
 from services.files import FileSource
-from tests.conftest import far
+from tests.helpers import far
 
 
 def test_file_source_reads_the_file(tmp_path):

@@ -1,0 +1,91 @@
+"""What the tests share that is not a fixture: deadlines, timed requests, client runs, the size of
+the tests' deployments, and whether a real part is missing (skip, or fail under CI=true)."""
+import functools
+import os
+import time
+
+import pytest
+import requests
+
+from bench import workloads
+from dev import harness
+
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", harness.LOCAL_POSTGRES_URL)
+
+
+def far():
+    """A deadline that will not pass during a test."""
+    return time.monotonic() + 30
+
+
+def timed_get(url, **kwargs):
+    """GET url; return (response, seconds)."""
+    start = time.monotonic()
+    response = requests.get(url, timeout=10, **kwargs)
+    return response, time.monotonic() - start
+
+
+@functools.cache
+def big_primes(digits, count):
+    """bench.workloads.big_primes, found once per test run."""
+    return workloads.big_primes(digits, count)
+
+
+def run_clients(url, clients, per_client, timeout_s=30, headers=None):
+    """Send clients x per_client GETs from `clients` concurrent connections (aiohttp).
+
+    Returns [(status, seconds, headers)], one per request; a bounded run against 127.0.0.1 only.
+    """
+    import asyncio
+
+    import aiohttp
+
+    assert url.startswith("http://127.0.0.1:")
+
+    async def client(session, results):
+        for _ in range(per_client):
+            start = time.monotonic()
+            async with session.get(url, headers=headers) as response:
+                await response.read()
+                results.append((response.status, time.monotonic() - start, response.headers))
+
+    async def main():
+        results = []
+        connector = aiohttp.TCPConnector(limit=clients)
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            await asyncio.gather(*(client(session, results) for _ in range(clients)))
+        return results
+
+    return asyncio.run(main())
+
+
+# Smaller than the default deployment, so that tests running side by side fit on two cores.
+TEST_SIZE = {"WEB_WORKERS": 2, "WEB_THREADS": 32, "PROCESS_POOL_SIZE": 2}
+
+
+def start_gunicorn(api_url, tmp_path, **env):
+    """gunicorn as the tests run it: TEST_SIZE, unless `env` says otherwise."""
+    return harness.start_gunicorn(api_url, tmp_path, **{**TEST_SIZE, **env})
+
+
+def postgres_available():
+    """True when the PostgreSQL of POSTGRES_URL accepts connections."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 2})
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+        return True
+    except Exception:
+        return False
+    finally:
+        engine.dispose()
+
+
+def missing(what):
+    """A real part the test needs is missing: skip on a laptop, but fail under CI=true."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {what}")
+    pytest.skip(what)
