@@ -17,7 +17,7 @@ $(STAMP): requirements.txt
 
 # gunicorn on 127.0.0.1:$(PORT) in the foreground, with the upstream API it starts beside it.
 run: $(STAMP)
-	UPSTREAM_START=1 exec $(BIN)/gunicorn
+	exec $(BIN)/gunicorn -c dev/run.conf.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

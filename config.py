@@ -106,7 +106,6 @@ class Config:
     DB_POOL_SIZE = env_int("DB_POOL_SIZE", 0)
     API_URL = env_str("API_URL", f"http://127.0.0.1:{UPSTREAM_PORT}/")
     API_DELAY_MS = env_int("API_DELAY_MS", 300)
-    UPSTREAM_START = env_bool("UPSTREAM_START", False)
 
     # Time budget of one request, counted from when gunicorn queued it; every read gets what is
     # left. Under overload a worker serves the newest waiting request first, and refuses (503,

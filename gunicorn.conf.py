@@ -4,7 +4,7 @@ so each has an environment override of the name given in its comment.
 The processes it starts, and the code each runs:
 
     gunicorn master                     gunicorn.conf.py: settings and hooks
-    |-- upstream API (make run only)    dev/upstream.py, started by on_starting
+    |-- upstream API (make run only)    dev/upstream.py, started by dev/run.conf.py
     `-- worker x WEB_WORKERS            serving/worker.py, app.py, pools.py, services/
         |-- request threads x WEB_THREADS   a request each; the API read runs here
         |-- read threads (thread pool)      the file and database reads
@@ -77,12 +77,11 @@ loglevel = Config.LOG_LEVEL
 _METRICS_DIR_PREFIX = os.path.join(tempfile.gettempdir(), "flask-pools-metrics-")
 _metrics_dir = Config.PROMETHEUS_MULTIPROC_DIR or f"{_METRICS_DIR_PREFIX}{os.getpid()}"
 raw_env = [f"PROMETHEUS_MULTIPROC_DIR={_metrics_dir}"]
-_upstream = None
 
 
 def on_starting(server):
-    """Check CPU_EXECUTOR, empty the metrics directory (and remove dead masters' ones), seed the
-    database once, and start the upstream if asked to."""
+    """Check CPU_EXECUTOR, empty the metrics directory (and remove dead masters' ones), and
+    seed the database once."""
     from services.db import init_db
 
     dask_executor.parse(Config.CPU_EXECUTOR)  # a bad setting stops gunicorn here, saying why
@@ -96,12 +95,6 @@ def on_starting(server):
         init_db(Config.DATABASE_URL)
     except Exception as exc:  # the database may come up later: serve, and let /readyz say so
         server.log.warning("could not create or seed the database: %s", exc)
-    if Config.UPSTREAM_START:  # UPSTREAM_START, set by make run
-        global _upstream
-        from dev.harness import start_upstream
-
-        _upstream = start_upstream(Config.API_DELAY_MS, Config.UPSTREAM_PORT, exit_with_parent=True)
-        server.log.info("upstream API listening on %s (pid %s)", _upstream.url, _upstream.proc.pid)
 
 
 def _remove_dead_masters_metrics():
@@ -114,9 +107,7 @@ def _remove_dead_masters_metrics():
 
 
 def on_exit(server):
-    """Stop the upstream API that on_starting started, and remove our own metrics directory."""
-    if _upstream is not None:
-        _upstream.stop()
+    """Remove our own metrics directory."""
     if not Config.PROMETHEUS_MULTIPROC_DIR:
         shutil.rmtree(_metrics_dir, ignore_errors=True)
 
