@@ -16,7 +16,7 @@ REQUEST = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: hey/0.0.1\r\n
 
 
 def cpu_us(call, calls=CALLS):
-    """Median-free mean CPU µs of call() over `calls` calls, after a few to warm up."""
+    """Mean CPU µs of call() over `calls` calls, after ten to warm up."""
     for _ in range(10):
         call()
     start = time.process_time()
