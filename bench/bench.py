@@ -33,7 +33,6 @@ FLOOR_S = 0.300  # the slowest read of the seed profile
 # get latencies of their own. Goodput is the 200s answered within the deadline, per second.
 OVERLOAD_CONCURRENCY = (50, 200, 500, 1000, 2000)
 HEY_TIMEOUT_S = 10
-OVERLOAD_MARGIN_S = 0.5  # past the deadline, the longest any answer may take
 # GET / beside the asyncio peer (bench/peer_asyncio.py) with two latency profiles (file,
 # database, API milliseconds): the seed's, where requests wait and pile up in flight, and fast
 # sources, where the CPU a request takes decides.
@@ -48,7 +47,8 @@ SEED_THREADS = 256
 
 
 def deployment_pids(service, upstream=None):
-    """Every process of a deployment: gunicorn's master and all below it, and the upstream."""
+    """Every process of a deployment: the server's main process (gunicorn's master, uvicorn's)
+    and all below it, and the upstream if given."""
     pids = [service.proc.pid] + descendants(service.proc.pid)
     return pids + ([upstream.proc.pid] if upstream else [])
 
@@ -129,8 +129,8 @@ def versus(data_dir, delays, seconds):
             servers = [("service", service), ("asyncio", peer)]
             for i, clients in enumerate(OVERLOAD_CONCURRENCY):
                 for name, server in servers[::1 if i % 2 == 0 else -1]:
-                    tree = [server.proc.pid] + descendants(server.proc.pid)
-                    runs[name].append(overload(server.url, tree, clients, seconds))
+                    runs[name].append(overload(server.url, deployment_pids(server), clients,
+                                               seconds))
     return runs
 
 
@@ -373,7 +373,8 @@ def versus_report(results):
     costs_ = results["overload_costs"]
     per_shed = costs_["cpu_ms_per_503"]
     lines = ["", "## GET / beside an asyncio server (hey, every response logged)", "",
-             f"The peer: {peer_asyncio.__doc__.splitlines()[2].strip()} … (bench/peer_asyncio.py). "
+             "The peer: FastAPI on uvicorn with uvloop and httptools, "
+             f"{Config.WEB_WORKERS} workers (bench/peer_asyncio.py). "
              f"Both up at once, taking turns at each level. Goodput: 200s answered within the "
              f"{Config.REQUEST_TIMEOUT_S:.0f} s deadline, per second; p50 and p99 are of those. "
              "CPU per 200: the server's process tree, whatever else it answered included. "

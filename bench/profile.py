@@ -127,14 +127,14 @@ def by_part(data_dir, seconds):
         load = hey(service.url + "/", CLIENTS, 2 * seconds + 3 * settle)
         time.sleep(settle)
         cpu, start = cpu_seconds([worker]), time.monotonic()
-        raw = Path(tempfile.mkstemp(suffix=".txt")[1])
-        py_spy(worker, seconds, raw, "raw")
-        cpu, elapsed = cpu_seconds([worker]) - cpu, time.monotonic() - start
+        with tempfile.TemporaryDirectory() as scratch:
+            raw = Path(scratch) / "raw.txt"
+            py_spy(worker, seconds, raw, "raw")
+            cpu, elapsed = cpu_seconds([worker]) - cpu, time.monotonic() - start
+            parts, samples = shares(raw.read_text())
         REPORTS.mkdir(exist_ok=True)
         py_spy(worker, seconds, REPORTS / "profile.svg", "flamegraph")
         rps = requests_per_second(load)
-    parts, samples = shares(raw.read_text())
-    raw.unlink()
     cpu_us = cpu / (rps * elapsed) * 1e6
     return {"us": {part: share * cpu_us for part, share in parts.items()}, "cpu_us": cpu_us,
             "rps": rps, "samples": samples, "ticks": int(seconds * RATE_HZ),
@@ -159,9 +159,11 @@ def in_flight(data_dir, seconds):
                     time.monotonic()
                 time.sleep(seconds)
                 cpu, switches = cpu_seconds([worker]) - cpu, context_switches([worker]) - switches
-                served = requests_per_second(load) * (time.monotonic() - start)
-                rows.append((round(served / seconds * api_ms / 1000), cpu / served * 1e6,
-                             switches / served, memory_mb([worker])[0]))
+                elapsed = time.monotonic() - start  # before hey's end, which comes later
+                rps = requests_per_second(load)
+                served = rps * elapsed
+                rows.append((round(rps * api_ms / 1000), cpu / served * 1e6, switches / served,
+                             memory_mb([worker])[0]))  # in flight: Little's law
             finally:
                 service.stop()
     finally:

@@ -1,10 +1,14 @@
 """Integration: real gunicorn (gunicorn.conf.py) and the real upstream, with the seed's latency."""
+import gc
+import importlib.util
 import os
 import signal
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import requests
@@ -197,10 +201,6 @@ def test_workers_are_pinned_to_cpus_of_their_own_and_pool_processes_are_not(serv
 @pytest.fixture
 def conf():
     """gunicorn.conf.py loaded as gunicorn loads it, with the interpreter's state restored."""
-    import gc
-    import importlib.util
-    import sys
-
     spec = importlib.util.spec_from_file_location("gunicorn_conf", ROOT / "gunicorn.conf.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -211,10 +211,6 @@ def conf():
 
 
 def test_a_started_worker_takes_its_switch_interval_and_freezes_what_it_holds(conf, monkeypatch):
-    import gc
-    import sys
-    from types import SimpleNamespace
-
     monkeypatch.setattr(conf.Config, "GIL_SWITCH_MS", 17.0)
     monkeypatch.setattr(conf.Config, "GC_FREEZE", True)
     warmed = []
