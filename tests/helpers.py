@@ -1,14 +1,18 @@
 """What the tests share that is not a fixture: deadlines, timed requests, client runs, the size of
 the tests' deployments, and whether a real part is missing (skip, or fail under CI=true)."""
 import functools
+import math
 import os
 import time
+
+import gmpy2
 
 import pytest
 import requests
 
 from bench import workloads
 from dev import harness
+from services import primes
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", harness.LOCAL_POSTGRES_URL)
 
@@ -29,6 +33,20 @@ def timed_get(url, **kwargs):
 def big_primes(digits, count):
     """bench.workloads.big_primes, found once per test run."""
     return workloads.big_primes(digits, count)
+
+
+def primes_lasting(cpu_s):
+    """900-digit primes whose checks take about `cpu_s` seconds of CPU on this machine, counted
+    from one check timed here: a fixed count ran inside a test's deadline on a faster machine."""
+    one = gmpy2.mpz(big_primes(900, 1)[0])
+    best = min(_seconds(primes.is_prime, one) for _ in range(3))
+    return big_primes(900, math.ceil(cpu_s / best))
+
+
+def _seconds(fn, arg):
+    start = time.perf_counter()
+    fn(arg)
+    return time.perf_counter() - start
 
 
 def run_clients(url, clients, per_client, timeout_s=30, headers=None):

@@ -9,7 +9,7 @@ import requests
 
 from config import Config
 from dev import harness
-from tests.helpers import big_primes, run_clients, start_gunicorn, timed_get
+from tests.helpers import big_primes, primes_lasting, run_clients, start_gunicorn, timed_get
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -62,14 +62,13 @@ def test_answers_on_dask_are_the_local_pool_s(on_dask, upstream, tmp_path_factor
 
 def test_cpu_on_dask_stops_at_the_deadline_and_frees_the_workers(cluster, upstream, tmp_path):
     scheduler, _ = cluster
-    # 20 primes of 900 digits: admitted, as their least cost (no number prime) on two workers
-    # is a third of the deadline; in truth about twice the deadline (the cost model scales with
-    # the machine, so these ratios hold on a faster or slower one).
+    # Primes for about twice the deadline on the two workers: admitted, as their least cost (no
+    # number prime) is a fifth of that.
     service = start_gunicorn(upstream.url + "/", tmp_path, REQUEST_TIMEOUT_S=0.3,
                              CPU_EXECUTOR=f"dask://127.0.0.1:{scheduler.port}")
     try:
         requests.get(service.url + SMALL.replace("inline", "process"), timeout=10)  # connect
-        slow = requests.post(service.url + "/is_prime", json=big_primes(900, 20), timeout=30)
+        slow = requests.post(service.url + "/is_prime", json=primes_lasting(2 * 2 * 0.3), timeout=30)
         time.sleep(0.2)  # one 900-digit test, and some
         after, seconds = timed_get(service.url + SMALL.replace("inline", "process"))
     finally:
