@@ -15,7 +15,7 @@
                                       `size` chunks at a time -------> fn(chunk) in a child
         join in chunk order <------------------------------------------ results
         at the deadline: TimeoutError; queued chunks are cancelled, a running fn stops itself
-        BrokenProcessPool: drop the broken pool (PoolRestarted: 503); the next call builds anew
+        BrokenExecutor (a child died, no Dask scheduler): drop it (PoolRestarted: 503); build anew
 
 The stdlib executors queue without bound and in arrival order, so a flood of big batches would
 hold every process for seconds and make a small batch wait behind them. The thread pool has a gate
@@ -34,7 +34,8 @@ import os
 import threading
 import time
 import weakref
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import (BrokenExecutor, Future, ProcessPoolExecutor, ThreadPoolExecutor,
+                                wait)
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
@@ -309,7 +310,7 @@ class Pools:
         """
         try:
             pool = self.process_pool()
-        except dask_executor.SchedulerUnavailable as exc:
+        except BrokenExecutor as exc:  # no Dask scheduler now
             raise PoolRestarted(str(exc)) from exc
         if costs is None:
             costs = [NOMINAL_COST_S] * len(chunks)
@@ -322,27 +323,21 @@ class Pools:
                     future.cancel()
                 raise TimeoutError("the prime check did not finish within the deadline")
             return [future.result() for future in futures]
-        except BrokenProcessPool as exc:  # a child died under this call
+        except BrokenExecutor as exc:  # a child died, or the Dask Client gave up: build anew
+            if not isinstance(exc, BrokenProcessPool):
+                self._drop(pool)
+                raise PoolRestarted(str(exc)) from exc
             if self._drop(pool):
                 telemetry.POOL_REBUILDS.inc()
             raise PoolRestarted("a prime-check process died; the pool was rebuilt") from exc
-        except dask_executor.SchedulerUnavailable as exc:
-            self._drop(pool)  # a Client that gave up reconnecting stays closed: connect anew
+        except dask_executor.TaskLost as exc:
             raise PoolRestarted(str(exc)) from exc
-        except getattr(pool, "lost_errors", ()) as exc:  # Dask: the cluster failed, not the task
-            raise PoolRestarted(f"the Dask cluster lost the task: {type(exc).__name__}: {exc}") \
-                from exc
-        except (TimeoutError, PoolRestarted):
-            raise
-        except Exception as exc:
-            if self.dask_address is not None:
-                # A plain Dask worker that cannot import or unpickle what the task needs raises
-                # here: the cluster's failure, not the task's answer.
-                raise ExecutorFailed(f"Dask workers cannot run the prime check: "
-                                     f"{type(exc).__name__}: {exc}") from exc
+        except dask_executor.WorkersFailed as exc:
+            raise ExecutorFailed(str(exc)) from exc
+        except RuntimeError as exc:
             # "cannot schedule new futures after shutdown": another thread found this pool
             # broken and replaced it between our process_pool() and submit().
-            if isinstance(exc, RuntimeError) and self._processes.peek() is not pool:
+            if self._processes.peek() is not pool:
                 raise PoolRestarted("a prime-check process died; the pool was rebuilt") from exc
             raise
 
@@ -376,7 +371,7 @@ class Pools:
         if self.dask_address is not None:
             try:
                 self.process_pool()
-            except dask_executor.SchedulerUnavailable as exc:  # the next request tries again
+            except BrokenExecutor as exc:  # no Dask scheduler yet: the next request tries again
                 telemetry.log.warning("%s", exc)
             return
         # The executor starts a child for each task that finds none idle, so as many tasks at

@@ -12,19 +12,24 @@ chunk would share one task, and a request cancelling its tasks at its deadline w
 other's too. Dask reruns a task whose worker died (up to the scheduler's allowed-failures, 3);
 only when that fails too does the request get a 503.
 
+What Dask raises is told apart here, so that pools.py knows only concurrent.futures' terms and
+this module's three errors: SchedulerUnavailable (a BrokenExecutor: build a new Client), TaskLost
+(the cluster lost the task; the Client is fine: 503) and WorkersFailed (the cluster could not run
+the task: 502).
+
 Tasks carry the project's code with them: the modules named in `ship` (services.primes) are
 pickled by value (cloudpickle.register_pickle_by_value), so a plain `dask worker` anywhere, with
 gmpy2 installed but not this checkout, can run them. Dask pickles a whole task graph with the
 stdlib's pickle first, which would name the function by reference (and the scheduler, which
 unpickles the graph, could not import it), so each function goes as cloudpickle's bytes
-(_ByValue). A worker that cannot run it (no gmpy2) fails the task, and pools.map_cpu answers
-with a 502 naming the cause.
+(_ByValue). A worker that cannot run it (no gmpy2) fails the task with WorkersFailed, and the
+request gets a 502 naming the cause.
 """
 import functools
 import importlib
 import math
 import time
-from concurrent.futures import BrokenExecutor, CancelledError, Executor
+from concurrent.futures import BrokenExecutor, CancelledError, Executor, Future
 from urllib.parse import urlsplit
 
 SCHEME = "dask"
@@ -32,6 +37,15 @@ SCHEME = "dask"
 
 class SchedulerUnavailable(BrokenExecutor):
     """The Dask scheduler cannot be reached now."""
+
+
+class TaskLost(Exception):
+    """The cluster lost a task (its workers died, or the connection to the scheduler broke)."""
+
+
+class WorkersFailed(Exception):
+    """The cluster failed a task for its own reasons: its workers cannot import or unpickle
+    what the task needs, say."""
 
 
 def parse(setting):
@@ -92,9 +106,9 @@ class DaskExecutor(Executor):
         self.address = address
         for name in (__name__, *ship):
             cloudpickle.register_pickle_by_value(importlib.import_module(name))
-        # What a task's result raises when the cluster, not the task, failed. (Not OSError:
-        # map_cpu's own TimeoutError at the deadline is one, and must stay a 504.)
-        self.lost_errors = (KilledWorker, CommClosedError, CancelledError)
+        # What a task's result raises when the cluster lost it. (Not OSError: map_cpu's own
+        # TimeoutError at the deadline is one, and must stay a 504.)
+        self._lost_errors = (KilledWorker, CommClosedError, CancelledError)
         try:
             self._client = Client(address, timeout=connect_timeout_s, set_as_default=False)
         except (OSError, TimeoutError) as exc:
@@ -102,14 +116,32 @@ class DaskExecutor(Executor):
         self._executor = self._client.get_executor(pure=False)
 
     def submit(self, fn, /, *args, **kwargs):
-        """Submit fn(*args, **kwargs) to the cluster; SchedulerUnavailable when disconnected."""
+        """Submit fn(*args, **kwargs) to the cluster and return a Future of its result, which
+        raises TaskLost or WorkersFailed when the cluster failed; SchedulerUnavailable when
+        disconnected."""
         if self._client.status != "running":
             raise SchedulerUnavailable(f"the Dask scheduler at {self.address} is "
                                        f"{self._client.status}")
         try:
-            return self._executor.submit(_ByValue(fn), *args, **kwargs)
+            task = self._executor.submit(_ByValue(fn), *args, **kwargs)
         except RuntimeError as exc:  # the Client closed between the check and the submit
             raise SchedulerUnavailable(f"the Dask scheduler at {self.address}: {exc}") from exc
+        future = Future()
+        future.set_running_or_notify_cancel()  # queued on the cluster: no longer cancellable here
+        task.add_done_callback(functools.partial(self._settle, future))
+        return future
+
+    def _settle(self, future, task):
+        exc = CancelledError() if task.cancelled() else task.exception()
+        if exc is None:
+            future.set_result(task.result())
+        elif isinstance(exc, self._lost_errors):
+            future.set_exception(TaskLost(f"the Dask cluster lost the task: "
+                                          f"{type(exc).__name__}: {exc}"))
+        else:
+            # A task's own errors are the cluster's here: check_batch raises none of its own.
+            future.set_exception(WorkersFailed(f"Dask workers cannot run the prime check: "
+                                               f"{type(exc).__name__}: {exc}"))
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         """Stop submitting, and close the Client (its tasks are then forgotten)."""
