@@ -19,8 +19,11 @@ import shutil
 import sys
 import tempfile
 
+import pools
+import telemetry
 from config import Config
 from serving import dask_executor, pinning, pool_child
+from services.db import init_db
 
 # What to serve: the app factory, so importing app.py builds nothing (flaskr's create_app).
 wsgi_app = "app:create_app()"
@@ -82,8 +85,6 @@ raw_env = [f"PROMETHEUS_MULTIPROC_DIR={_metrics_dir}"]
 def on_starting(server):
     """Check CPU_EXECUTOR, empty the metrics directory (and remove dead masters' ones), and
     seed the database once."""
-    from services.db import init_db
-
     dask_executor.parse(Config.CPU_EXECUTOR)  # a bad setting stops gunicorn here, saying why
 
     _remove_dead_masters_metrics()
@@ -135,13 +136,9 @@ def post_worker_init(worker):
 
 def worker_exit(server, worker):
     """Shut down the pools of the exiting worker, so no pool process outlives it."""
-    import pools
-
     pools.shutdown_all()
 
 
 def child_exit(server, worker):
     """In the master: drop the dead worker's live gauges from /metrics."""
-    import telemetry
-
     telemetry.mark_process_dead(worker.pid)

@@ -1,9 +1,10 @@
 """Request ids in every log line, and Prometheus metrics that add up across gunicorn workers.
 
 Under gunicorn, gunicorn.conf.py puts PROMETHEUS_MULTIPROC_DIR in the environment before anything
-imports prometheus_client, so each worker writes its samples to files there and /metrics sums them
+uses a metric, so each worker writes its samples to files there and /metrics sums them
 (prometheus_client's multiprocess mode). Outside gunicorn the default in-process registry is used.
-prometheus_client reads that variable itself, so this module follows the environment, not Config.
+Importing this module does nothing: the metrics are built, and prometheus_client imported, on the
+first use of one, so any module may import it at its top.
 """
 import contextvars
 import logging
@@ -11,15 +12,7 @@ import os
 import random
 import re
 import sys
-
-_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-if _MULTIPROC_DIR:
-    # The first process to import this creates it: with --preload that is gunicorn's master,
-    # before its on_starting hook could.
-    os.makedirs(_MULTIPROC_DIR, exist_ok=True)
-
-from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge,
-                               Histogram, generate_latest, multiprocess)
+import threading
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -29,34 +22,72 @@ LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] [%(threadName)s] [rid=
 log = logging.getLogger("service")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 2.5, 5, 10)
-REQUEST_SECONDS = Histogram(
-    "http_request_duration_seconds", "Time from gunicorn queueing a request to its response",
-    ["route", "method", "status"], buckets=LATENCY_BUCKETS)
-SOURCE_SECONDS = Histogram(
-    "source_read_duration_seconds", "Time of one read of a GET / source",
-    ["source", "outcome"], buckets=LATENCY_BUCKETS)
-POOL_QUEUED = Gauge(
-    "pool_queue_depth", "Tasks submitted to a pool and not yet started", ["pool"],
-    multiprocess_mode="livesum")
-POOL_BUSY = Gauge(
-    "pool_busy_workers", "Pool threads or processes running a task", ["pool"],
-    multiprocess_mode="livesum")
-POOL_SIZE = Gauge(
-    "pool_size", "Threads or processes a pool may use", ["pool"], multiprocess_mode="livesum")
-REJECTED = Counter(
-    "rejected_requests_total", "Requests answered 503 because the service was saturated",
-    ["reason"])
-READS_ENDED = Counter(
-    "request_reads_ended_total", "Connections the poller answered (408, 400, 413, 431, 503) or "
-    "closed before their request was read whole", ["reason"])
-OPEN_READS = Gauge(
-    "request_reads_open", "Connections whose next request is being read, or awaited",
-    multiprocess_mode="livesum")
-CPU_TASKS = Counter(
-    "cpu_tasks_total", "Chunks of prime checks submitted, by executor", ["executor"])
-POOL_REBUILDS = Counter(
-    "process_pool_rebuilds_total", "Process pools replaced after a child process died")
 
+
+def _build_metrics():
+    # prometheus_client picks its multiprocess mode when it is first imported, so it is imported
+    # here, on the first use of a metric, not when this module is (gunicorn's master imports the
+    # worker class, and so this module, before gunicorn.conf.py sets the environment).
+    multiproc_dir = _multiproc_dir()
+    if multiproc_dir:
+        # The first process to use a metric creates it: with --preload that is gunicorn's
+        # master, before its on_starting hook could.
+        os.makedirs(multiproc_dir, exist_ok=True)
+    from prometheus_client import Counter, Gauge, Histogram
+
+    return dict(
+        REQUEST_SECONDS=Histogram(
+            "http_request_duration_seconds", "Time from gunicorn queueing a request to its "
+            "response", ["route", "method", "status"], buckets=LATENCY_BUCKETS),
+        SOURCE_SECONDS=Histogram(
+            "source_read_duration_seconds", "Time of one read of a GET / source",
+            ["source", "outcome"], buckets=LATENCY_BUCKETS),
+        POOL_QUEUED=Gauge(
+            "pool_queue_depth", "Tasks submitted to a pool and not yet started", ["pool"],
+            multiprocess_mode="livesum"),
+        POOL_BUSY=Gauge(
+            "pool_busy_workers", "Pool threads or processes running a task", ["pool"],
+            multiprocess_mode="livesum"),
+        POOL_SIZE=Gauge(
+            "pool_size", "Threads or processes a pool may use", ["pool"],
+            multiprocess_mode="livesum"),
+        REJECTED=Counter(
+            "rejected_requests_total", "Requests answered 503 because the service was saturated",
+            ["reason"]),
+        READS_ENDED=Counter(
+            "request_reads_ended_total", "Connections the poller answered (408, 400, 413, 431, "
+            "503) or closed before their request was read whole", ["reason"]),
+        OPEN_READS=Gauge(
+            "request_reads_open", "Connections whose next request is being read, or awaited",
+            multiprocess_mode="livesum"),
+        CPU_TASKS=Counter(
+            "cpu_tasks_total", "Chunks of prime checks submitted, by executor", ["executor"]),
+        POOL_REBUILDS=Counter(
+            "process_pool_rebuilds_total", "Process pools replaced after a child process died"),
+    )
+
+
+_METRIC_NAMES = frozenset({"REQUEST_SECONDS", "SOURCE_SECONDS", "POOL_QUEUED", "POOL_BUSY",
+                           "POOL_SIZE", "REJECTED", "READS_ENDED", "OPEN_READS", "CPU_TASKS",
+                           "POOL_REBUILDS"})
+_metrics_lock = threading.Lock()
+
+
+def __getattr__(name):
+    """The metrics (telemetry.REJECTED and the like), all built on the first use of one (PEP 562);
+    after that they are plain attributes of this module."""
+    if name not in _METRIC_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    with _metrics_lock:
+        if name not in globals():
+            globals().update(_build_metrics())
+    return globals()[name]
+
+
+def _multiproc_dir():
+    # prometheus_client reads this variable itself, so this module follows the environment, not
+    # Config: gunicorn.conf.py sets it for the workers after config.py was imported.
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 
 def set_request_id(incoming):
     """Adopt a well-formed incoming X-Request-ID or make a new one; return it."""
@@ -93,7 +124,10 @@ def configure_logging(level):
 
 def render_metrics():
     """Return (body, content type) of every metric, summed over all worker processes."""
-    if _MULTIPROC_DIR:
+    from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry,
+                                   generate_latest, multiprocess)
+
+    if _multiproc_dir():
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     else:
@@ -103,5 +137,7 @@ def render_metrics():
 
 def mark_process_dead(pid):
     """Drop a dead worker's live gauges (gunicorn's child_exit hook calls this)."""
-    if _MULTIPROC_DIR:
+    if _multiproc_dir():
+        from prometheus_client import multiprocess
+
         multiprocess.mark_process_dead(pid)

@@ -67,7 +67,7 @@ def _composite_share(digits):
     return 0.1 * (digits / 100) ** 0.3
 
 
-_CALIBRATION_PRIME = gmpy2.next_prime(gmpy2.mpz(10) ** 299)
+_CALIBRATION_DIGITS = 300
 _SCALE_BOUNDS = (0.25, 4.0)
 
 
@@ -93,8 +93,9 @@ def calibrate(rounds=3):
     """Rescale cost_us to this machine: time a 300-digit prime's test (a few ms) and return
     the new scale (bounded, so one preempted round cannot make it absurd)."""
     global _scale
-    fitted = cost_us(_CALIBRATION_PRIME) / _scale
-    best = min(_time_us(is_prime, _CALIBRATION_PRIME) for _ in range(rounds))
+    prime = gmpy2.next_prime(gmpy2.mpz(10) ** (_CALIBRATION_DIGITS - 1))
+    fitted = _cost_of_digits_us(_CALIBRATION_DIGITS) / _scale
+    best = min(_time_us(is_prime, prime) for _ in range(rounds))
     _scale = min(max(best / fitted, _SCALE_BOUNDS[0]), _SCALE_BOUNDS[1])
     return _scale
 

@@ -28,9 +28,7 @@ poller thread without a hand-off or gunicorn's parser. Routes that do no work (/
 /readyz, /metrics, /openapi.json) are never refused.
 
 The answers the poller thread writes without gunicorn (these 503s, and serving/worker.py's 408s
-and the like) are built here too. This module is imported with the worker class by gunicorn's
-master, before the environment for prometheus_client is set (gunicorn.conf.py), so it must not
-import telemetry.
+and the like) are built here too.
 """
 import collections
 import json
@@ -38,6 +36,8 @@ import queue
 import threading
 import time
 from http import HTTPStatus
+
+import telemetry
 
 # A queue that has not been empty for this long is congested, and the newest request goes first.
 CONGESTION_S = 0.1
@@ -78,8 +78,6 @@ def plain_refusal(request, waited_s, retry_after_s):
 
     Called from the poller thread for requests that waited too long: no hand-off to a thread and
     no HTTP parser."""
-    import telemetry  # here, in a worker: gunicorn's master imports this module too early
-
     end = request.find(b"\r\n\r\n")
     if end < 0 or len(request) != end + 4 or len(request) > PLAIN_REQUEST_BYTES:
         return None

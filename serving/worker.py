@@ -52,6 +52,7 @@ from functools import partial
 from gunicorn import http
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, ThreadWorker
 
+import telemetry
 from config import Config
 from serving import admission
 from serving.reader import Limits, Refusal, RequestReader
@@ -156,7 +157,7 @@ class QueueTimedThreadWorker(ThreadWorker):
         if not force and now < self._next_sweep:
             return
         self._next_sweep = now + SWEEP_S
-        self._telemetry().OPEN_READS.set(len(self._readers))
+        telemetry.OPEN_READS.set(len(self._readers))
         for conn, reader in list(self._readers.items()):
             if force or now >= reader.deadline:
                 self._stop_reading(conn)
@@ -252,7 +253,7 @@ class QueueTimedThreadWorker(ThreadWorker):
 
     def _read_timed_out(self, conn, reader):
         if not reader.received:  # nothing sent: no request to answer
-            self._telemetry().READS_ENDED.labels("idle").inc()
+            telemetry.READS_ENDED.labels("idle").inc()
             self._close(conn)
             return
         self._answer(conn, 408, f"the request {reader.phase} took too long to arrive "
@@ -261,13 +262,12 @@ class QueueTimedThreadWorker(ThreadWorker):
     def _evict_longest_waiting(self):
         conn = next(iter(self._readers))
         self._stop_reading(conn)
-        self._telemetry().READS_ENDED.labels("evicted").inc()
+        telemetry.READS_ENDED.labels("evicted").inc()
         self._close(conn)  # at once: a lingering close would hold the place it is to free
 
     def _answer(self, conn, status, message, reason):
         """Answer a request the poller will not hand to a thread, log it once, count it, and
         close the connection."""
-        telemetry = self._telemetry()
         telemetry.READS_ENDED.labels(reason).inc()
         self.log.info("%s %s from %s: %s", status, reason, _peer(conn), message)
         headers, body = admission.json_error(status, message, [
@@ -314,12 +314,6 @@ class QueueTimedThreadWorker(ThreadWorker):
             except (KeyError, ValueError, OSError):
                 pass
         conn.close()
-
-    @staticmethod
-    def _telemetry():
-        import telemetry  # in the worker: gunicorn's master imports this module too early
-
-        return telemetry
 
     def _refuse_expired(self):
         # A refusal here costs a look at the request's bytes and a write; through a request

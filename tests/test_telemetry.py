@@ -1,5 +1,8 @@
 """Request ids, log lines and metrics rendering."""
 import io
+import os
+import subprocess
+import sys
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -56,3 +59,26 @@ def test_metrics_render_as_prometheus_text():
     names = {family.name for family in text_string_to_metric_families(body.decode())}
     assert content_type.startswith("text/plain")
     assert {"rejected_requests", "http_request_duration_seconds", "pool_queue_depth"} <= names
+
+
+def test_importing_the_service_does_no_work(tmp_path):
+    metrics_dir = tmp_path / "metrics"
+    probe = ("import sys, app, pools, telemetry, serving.worker, serving.admission; "
+             "print('prometheus_client' in sys.modules)")
+    done = _python(probe, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False" and not metrics_dir.exists()
+
+
+def test_the_first_metric_used_builds_them_in_the_multiprocess_directory(tmp_path):
+    metrics_dir = tmp_path / "metrics"
+    probe = ("import telemetry; telemetry.REJECTED.labels('probe').inc(); "
+             "print(telemetry.render_metrics()[0].decode())")
+    done = _python(probe, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    assert done.returncode == 0, done.stderr
+    assert any(metrics_dir.iterdir()) and 'rejected_requests_total{reason="probe"} 1.0' in done.stdout
+
+
+def _python(code, **env):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **env})
