@@ -13,10 +13,9 @@ from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 import openapi
 import pages
 import telemetry
-from config import Config, derive
+from config import settings
 from pools import ExecutorFailed, PoolRestarted, Pools, Saturated
-from serving import worker
-from serving.admission import is_work, refusal
+from serving import overload, worker
 from services import primes
 from services.api import ApiSource
 from services.db import DbSource
@@ -42,44 +41,14 @@ class OrderedJSONProvider(DefaultJSONProvider):
         return self._app.response_class(self.dumps(obj), mimetype=self.mimetype)
 
 
-class ShedBeforeApp:
-    """WSGI middleware: answers 503 for a work request that waited longer than
-    MAX_QUEUE_WAIT_S for a thread, without running Flask (serving/admission.py says which
-    waiting request a thread takes, so that the others are the ones that wait)."""
-
-    def __init__(self, wsgi_app, config, queued_since):
-        self._app = wsgi_app
-        self._config = config  # read per request: tests and operators may change it live
-        self._queued_since = queued_since
-
-    def __call__(self, environ, start_response):
-        """Refuse, or pass the request on to the app."""
-        stamp = self._queued_since()
-        if stamp and is_work(environ.get("PATH_INFO", "")):
-            waited = time.monotonic() - stamp
-            if waited > self._config["MAX_QUEUE_WAIT_S"]:
-                return self._refuse(environ, start_response, waited)
-        return self._app(environ, start_response)
-
-    def _refuse(self, environ, start_response, waited):
-        telemetry.REJECTED.labels("queue_wait").inc()
-        headers, body = refusal(waited, self._config["RETRY_AFTER_S"])
-        headers.append((telemetry.REQUEST_ID_HEADER,
-                        telemetry.set_request_id(environ.get("HTTP_X_REQUEST_ID"))))
-        start_response("503 Service Unavailable", headers)
-        return [body]
-
-
 def create_app(test_config=None):
     """Create the app: config from the environment (or `test_config`), its sources and pools."""
     app = Flask(__name__)
     # "/is_prime//" would otherwise be a 308 redirect whose body is an error; a "/" inside the
     # numbers is simply no route (404). Found by tests/test_app.py's property test.
     app.url_map.merge_slashes = False
-    app.config.from_object(Config)
-    if test_config:
-        app.config.update(test_config)
-    cfg = derive(app.config)
+    app.config.update(settings(test_config))
+    cfg = app.config
     app.json = OrderedJSONProvider(app)
     telemetry.configure_logging(cfg["LOG_LEVEL"])
 
@@ -103,7 +72,7 @@ def create_app(test_config=None):
     )
 
     app.register_blueprint(bp)
-    app.wsgi_app = ShedBeforeApp(app.wsgi_app, app.config, worker.queued_since)
+    overload.init_app(app, worker.queued_since)
     app.before_request(_start_request)
     app.after_request(_finish_request)
     app.register_error_handler(HTTPException, _http_error)
@@ -137,6 +106,7 @@ def _finish_request(response):
 
 
 @bp.get("/")
+@overload.work
 def index():
     """Read the file, the database and the API, concurrently (default) or one after another;
     JSON, or a page with a waterfall of the reads for a browser."""
@@ -170,12 +140,14 @@ def index():
 
 @bp.get("/is_prime/", defaults={"numbers": ""})
 @bp.get("/is_prime/<numbers>")
+@overload.work
 def is_prime_get(numbers):
     """Check the comma-separated integers of the path."""
     return _check_primes(numbers.split(","))
 
 
 @bp.post("/is_prime")
+@overload.work
 def is_prime_post():
     """Check a JSON list of integers (numbers or strings of digits), for batches too long for a URL."""
     try:

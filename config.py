@@ -78,7 +78,7 @@ class Config:
     # time at 1000 and 2000 clients, but 8 % fewer at 500 (docs/performance.md).
     GIL_SWITCH_MS = env_float("GIL_SWITCH_MS", 5.0)
     # The rest of gunicorn's settings; gunicorn.conf.py says what each one does.
-    WORKER_CLASS = env_str("WORKER_CLASS", "serving.worker.QueueTimedThreadWorker")
+    WORKER_CLASS = env_str("WORKER_CLASS", "serving.worker.GuardedThreadWorker")
     WORKER_CONNECTIONS = env_int("WORKER_CONNECTIONS", 1000)
     BACKLOG = env_int("BACKLOG", 2048)
     WORKER_TIMEOUT = env_int("WORKER_TIMEOUT", 30)
@@ -109,7 +109,7 @@ class Config:
 
     # Time budget of one request, counted from when gunicorn queued it; every read gets what is
     # left. Under overload a worker serves the newest waiting request first, and refuses (503,
-    # before Flask) one that has waited longer than MAX_QUEUE_WAIT_S (serving/admission.py): at
+    # before Flask) one that has waited longer than MAX_QUEUE_WAIT_S (serving/overload.py): at
     # most 1 s of the 2 s goes to waiting, and a GET / served after it (0.3 s) is still in time.
     REQUEST_TIMEOUT_S = env_float("REQUEST_TIMEOUT_S", 2.0)
     MAX_QUEUE_WAIT_S = env_float("MAX_QUEUE_WAIT_S", 1.0)
@@ -158,6 +158,14 @@ class Config:
     # The largest body read (a 413 beyond): by default a POST /is_prime of PRIME_MAX_ITEMS
     # numbers of PRIME_MAX_DIGITS digits, quoted, about 1 MB. No route takes more.
     MAX_BODY_BYTES = env_int("MAX_BODY_BYTES", PRIME_MAX_ITEMS * (PRIME_MAX_DIGITS + 4) + 64)
+
+
+def settings(overrides=None):
+    """Every setting of Config, with `overrides` (a dict) on top and the derived ones filled in:
+    what create_app puts in app.config, and what code outside a request reads."""
+    values = {name: value for name, value in vars(Config).items() if name.isupper()}
+    values.update(overrides or {})
+    return derive(values)
 
 
 def derive(settings):

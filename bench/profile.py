@@ -47,7 +47,7 @@ PARTS = {
         "gunicorn/http/body.py", "gunicorn/http/errors.py", "serving/reader.py"),
     "response writing (gunicorn)": ("gunicorn/http/wsgi.py", "gunicorn/util.py"),
     "worker: poller, request queue, admission": (
-        "gunicorn/workers/", "serving/worker.py", "serving/admission.py", "selectors.py"),
+        "gunicorn/workers/", "serving/worker.py", "serving/overload.py", "selectors.py"),
     "Flask and Werkzeug": ("flask/", "werkzeug/", "blinker/", "itsdangerous/"),
     "JSON": ("json/",),
     "the app's own code (app.py, pages.py)": ("app.py", "pages.py"),

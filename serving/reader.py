@@ -49,6 +49,13 @@ class Limits:
     max_head_bytes: int
     max_body_bytes: int
 
+    @classmethod
+    def from_settings(cls, settings):
+        """The limits of config.py's settings (a dict, or app.config)."""
+        return cls(*(settings[name] for name in (
+            "READ_IDLE_TIMEOUT_S", "READ_HEAD_TIMEOUT_S", "READ_HEAD_MAX_S", "READ_BODY_TIMEOUT_S",
+            "READ_BODY_MAX_S", "READ_MIN_RATE_BPS", "READ_MAX_HEAD_BYTES", "MAX_BODY_BYTES")))
+
 
 class Refusal(Exception):
     """A request refused while it is read: the status to answer, why, and the metric's reason."""

@@ -21,7 +21,8 @@ wait (`queued_since`) against the request's deadline and sheds what is already t
 Adaptive LIFO. The same executor's queue serves the oldest request first while it keeps
 emptying, and the newest once it is congested. A request that waited past MAX_QUEUE_WAIT_S is
 refused before the app runs: by this worker's poller thread after each turn of its loop when it
-is a plain keep-alive GET, or else by a request thread (serving/admission.py).
+is a plain keep-alive GET, or else by a request thread. serving/overload.py decides who is
+refused, and how; this worker only calls it.
 
 Accept hold-back. Workers share one listening socket and the quickest to wake wins each
 connection, so a worker pinned beside the load generator got 31 of 200 kept-alive connections
@@ -36,11 +37,15 @@ not holding back), and three of gthread's methods act on it:
     wait_for_and_dispatch_events  gthread's loop waits up to 1 s for events; during a hold-back
                                   only until it ends, so a hold-back lasts ACCEPT_YIELD_S
 
-Private state of gunicorn used here, each where it is used: TConn's fields (sock, parser,
-initialized, data_ready; received and request_end are ours), the parser's unreader
-(gunicorn.http.unreader: take_buffered, unread), ThreadWorker's nr_conns, poller, tpool and
-_accepting, and the executor's _work_queue. TLS and HTTP/2 with prior knowledge are left to
-gthread's own reading (the bytes are not plain HTTP/1).
+Settings. The worker takes its settings from the app it serves (`app.config`, filled by
+config.settings() as for the routes), once gunicorn has loaded it (load_wsgi).
+
+Private state. This class overrides gthread's methods and uses its attributes (nr_conns, poller,
+tpool, keepalived_conns, pending_conns; TConn's sock, client, parser, initialized, data_ready;
+received and request_end are ours). What is private to gunicorn or the stdlib (the executor's
+queue and work items, the parser's unreader, _accepting) is reached only through
+serving/internals.py, which names all of it and is tested against the installed versions. TLS
+and HTTP/2 with prior knowledge are left to gthread's own reading (the bytes are not plain HTTP/1).
 """
 import selectors
 import socket
@@ -52,9 +57,9 @@ from functools import partial
 from gunicorn import http
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, ThreadWorker
 
+import config
 import telemetry
-from config import Config
-from serving import admission
+from serving import internals, overload
 from serving.reader import Limits, Refusal, RequestReader
 
 _local = threading.local()
@@ -70,30 +75,31 @@ def queued_since():
     return getattr(_local, "queued_since", None)
 
 
-class QueueTimedThreadWorker(ThreadWorker):
-    """gthread, reading each request whole in its poller thread under deadlines, with the
-    queueing time of each request available to the app, and new connections left to a worker
-    with a free thread when this one has none."""
+class GuardedThreadWorker(ThreadWorker):
+    """gthread, guarded: its poller thread reads each request whole under deadlines and refuses
+    what waited too long, each request's queueing time is available to the app, and new
+    connections are left to a worker with a free thread when this one has none."""
 
     _yield_until = 0.0
 
-    def init_process(self):
-        """Set up the read-ahead state, then gthread's (which runs the worker)."""
-        self.init_reading()
-        super().init_process()
+    def load_wsgi(self):
+        """Load the app, then set up reading requests with its settings and its work routes."""
+        super().load_wsgi()
+        self.init_reading(getattr(self.wsgi, "config", None) or config.settings(),
+                          overload.work_test_of(self.wsgi))
 
-    def init_reading(self):
+    def init_reading(self, settings, is_work):
         """The state of reading requests in the poller thread, empty."""
+        self._settings = settings  # app.config: read when used, as the routes do
+        self._is_work = is_work
         self._readers = {}  # conn -> RequestReader, the longest waiting first
         self._closing = {}  # conn -> when to close it: answered here, half-closed, draining
         self._in_threads = 0  # connections with the executor: queued or running
         self._next_sweep = 0.0
-        self._limits = Limits(
-            Config.READ_IDLE_TIMEOUT_S, Config.READ_HEAD_TIMEOUT_S, Config.READ_HEAD_MAX_S,
-            Config.READ_BODY_TIMEOUT_S, Config.READ_BODY_MAX_S, Config.READ_MIN_RATE_BPS,
-            Config.READ_MAX_HEAD_BYTES, Config.MAX_BODY_BYTES)
+        self._limits = Limits.from_settings(settings)
         self._reads_ahead = not self.cfg.is_ssl and getattr(
             self.cfg, "http2_cleartext", None) not in ("prior-knowledge", "both")
+        internals.work_queue(self.tpool).max_wait_s = settings["MAX_QUEUE_WAIT_S"]
 
     def get_thread_pool(self):
         """Return gthread's executor: each task stamped when it is queued, and queued in an
@@ -114,7 +120,7 @@ class QueueTimedThreadWorker(ThreadWorker):
 
     def set_accept_enabled(self, enabled):
         """Start or stop accepting, but do not start again during a hold-back."""
-        if enabled and not self._accepting and time.monotonic() < self._yield_until:
+        if enabled and not internals.accepting(self) and time.monotonic() < self._yield_until:
             return
         super().set_accept_enabled(enabled)
 
@@ -146,7 +152,7 @@ class QueueTimedThreadWorker(ThreadWorker):
                                                            STOP_KEEPALIVE_LINGER)
         conn.sock.setblocking(False)
         # What the client pipelined behind the request is the start of the next one.
-        self._read(conn, conn.parser.unreader.take_buffered(), idle_s)
+        self._read(conn, internals.take_pipelined(conn), idle_s)
 
     def murder_keepalived(self, force=False):
         """Answer 408 to (or close) the connections past their read deadline; all, if `force`.
@@ -270,12 +276,12 @@ class QueueTimedThreadWorker(ThreadWorker):
         close the connection."""
         telemetry.READS_ENDED.labels(reason).inc()
         self.log.info("%s %s from %s: %s", status, reason, _peer(conn), message)
-        headers, body = admission.json_error(status, message, [
+        headers, body = overload.json_error(status, message, [
             (telemetry.REQUEST_ID_HEADER, telemetry.set_request_id(None)),
             ("Connection", "close")])
         try:
             # A few hundred bytes: never blocks.
-            conn.sock.send(admission.raw_response(status, headers, body))
+            conn.sock.send(overload.raw_response(status, headers, body))
         except OSError:
             pass
         self._linger_close(conn)
@@ -319,12 +325,12 @@ class QueueTimedThreadWorker(ThreadWorker):
         # A refusal here costs a look at the request's bytes and a write; through a request
         # thread, gunicorn's parser and the WSGI middleware, several times that
         # (docs/performance.md).
-        work_queue = self.tpool._work_queue
+        work_queue = internals.work_queue(self.tpool)
         for queued_at, item in work_queue.pop_expired():
-            _, _, conn = item.args  # _run_stamped(stamp, self.handle, conn)
-            answer = self._reads_ahead and admission.plain_refusal(
+            future, (_, _, conn) = internals.task_of(item)  # _run_stamped(stamp, handle, conn)
+            answer = self._reads_ahead and overload.plain_refusal(
                 conn.received[:conn.request_end], time.monotonic() - queued_at,
-                Config.RETRY_AFTER_S)
+                self._settings["RETRY_AFTER_S"], self._is_work)
             if not answer:
                 work_queue.put_back(item)  # a request thread refuses it
                 continue
@@ -334,9 +340,9 @@ class QueueTimedThreadWorker(ThreadWorker):
                 keep_alive = False
             # The request is answered: the parser holds only what was pipelined behind it.
             conn.parser = http.get_parser(self.cfg, [], conn.client)
-            conn.parser.unreader.unread(conn.received[conn.request_end:])
-            if item.future.set_running_or_notify_cancel():
-                item.future.set_result(keep_alive)  # finish_request acts on it
+            internals.unread(conn, conn.received[conn.request_end:])
+            if future.set_running_or_notify_cancel():
+                future.set_result(keep_alive)  # finish_request acts on it
 
     def _drain(self, listener):
         while self.nr_conns < self.worker_connections:
@@ -360,9 +366,8 @@ def _peer(conn):
 class _StampingExecutor(ThreadPoolExecutor):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        # The stdlib offers no hook for the queue: its threads take work from _work_queue
-        # (put, get, get_nowait), which no thread has touched yet.
-        self._work_queue = admission.AdaptiveLifoQueue(Config.MAX_QUEUE_WAIT_S)
+        # No thread has started yet. The wait that expires a request is set with the settings.
+        internals.set_work_queue(self, overload.AdaptiveLifoQueue())
 
     def submit(self, fn, /, *args, **kwargs):
         return super().submit(_run_stamped, time.monotonic(), fn, *args, **kwargs)

@@ -63,7 +63,7 @@ def test_metrics_render_as_prometheus_text():
 
 def test_importing_the_service_does_no_work(tmp_path):
     metrics_dir = tmp_path / "metrics"
-    probe = ("import sys, app, pools, telemetry, serving.worker, serving.admission; "
+    probe = ("import sys, app, pools, telemetry, serving.worker, serving.overload; "
              "print('prometheus_client' in sys.modules)")
     done = _python(probe, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
     assert done.returncode == 0, done.stderr

@@ -1,8 +1,25 @@
-"""Overload: which waiting request a free thread takes, and refusing before the app runs.
+"""Overload: who is refused, where and when. Every refusal for lack of room is decided here or
+named here; a route declares whether it does work (@work), and only work is refused.
+
+    where                          when                                          answer
+    -----                          ----                                          ------
+    worker, accept                 every thread of this worker is busy           none: accepting
+      (serving/worker.py)                                                          waits ACCEPT_YIELD_S
+                                                                                   for other workers
+    worker, poller thread          a plain keep-alive GET of a work route        503 written by the
+      (plain_refusal)                waited MAX_QUEUE_WAIT_S in the queue            poller thread
+    request thread, before Flask   any other work request that waited so long    503, no Flask
+      (ShedBeforeApp)
+    request thread, in the pools   its reads find the thread pool full, or its   503 (Saturated)
+      (pools.py)                     CPU work cannot finish by the deadline
+    request thread, in the route   a batch no core could check by the deadline   413
+      (services/primes.py)
+
+Which waiting request a free thread takes (AdaptiveLifoQueue, the executor's queue):
 
     gthread poller thread       request queue (AdaptiveLifoQueue)       request thread
     ---------------------       ---------------------------------       --------------
-    a request is readable -->   stamped, queued                    -->  app.ShedBeforeApp
+    a request is readable -->   stamped, queued                    -->  ShedBeforeApp
     after each loop turn:       a thread takes, in this order:             waited too long:
       pop_expired: a plain        the oldest, if it waited past                503, no Flask
       GET gets its 503 here         MAX_QUEUE_WAIT_S (to be refused)       else: Flask
@@ -27,11 +44,13 @@ never reaches Flask: 0.15 ms of CPU against 1.94 ms for a 200, most of them answ
 poller thread without a hand-off or gunicorn's parser. Routes that do no work (/healthz,
 /readyz, /metrics, /openapi.json) are never refused.
 
-The answers the poller thread writes without gunicorn (these 503s, and serving/worker.py's 408s
-and the like) are built here too.
+Slow or broken clients are not overload: serving/reader.py and serving/worker.py answer them
+(408, 400, 413, 431). The bytes the poller thread writes without gunicorn, theirs and these 503s,
+are built here (json_error, raw_response).
 """
 import collections
 import json
+import math
 import queue
 import threading
 import time
@@ -45,10 +64,64 @@ CONGESTION_S = 0.1
 PLAIN_REQUEST_BYTES = 4096
 
 
-def is_work(path):
-    """Whether a request path does work (reads or prime checks: app.py's / and /is_prime
-    routes) and so may be refused."""
-    return path == "/" or path.startswith("/is_prime")
+def work(view):
+    """Declare a view as work (it reads sources or checks primes): a request for it that waited
+    too long for a thread is refused. Views without it never are."""
+    view.does_work = True
+    return view
+
+
+def work_paths(app):
+    """is_work(path) for a Flask app's routes declared @work, by their paths alone: the poller
+    thread and ShedBeforeApp decide before any routing."""
+    exact, prefixes = set(), []
+    for rule in app.url_map.iter_rules():
+        if getattr(app.view_functions[rule.endpoint], "does_work", False):
+            static, variable, _ = rule.rule.partition("<")
+            (prefixes.append if variable else exact.add)(static)
+    prefixes = tuple(prefixes)
+    return lambda path: path in exact or path.startswith(prefixes)
+
+
+def init_app(app, queued_since):
+    """Refuse in front of `app` the work requests that waited too long (ShedBeforeApp), once
+    its routes are registered; the worker finds the same test of paths in app.extensions."""
+    app.wsgi_app = ShedBeforeApp(app.wsgi_app, app.config, queued_since, work_paths(app))
+    app.extensions["overload"] = app.wsgi_app
+
+
+def work_test_of(wsgi_app):
+    """The is_work test of an app set up by init_app; for any other app, nothing is work."""
+    shed = getattr(wsgi_app, "extensions", {}).get("overload")
+    return shed.is_work if shed else lambda path: False
+
+
+class ShedBeforeApp:
+    """WSGI middleware: answers 503 for a work request that waited longer than MAX_QUEUE_WAIT_S
+    for a thread, without running Flask (AdaptiveLifoQueue makes the others the ones that wait)."""
+
+    def __init__(self, wsgi_app, config, queued_since, is_work):
+        self._app = wsgi_app
+        self._config = config  # read per request: tests and operators may change it live
+        self._queued_since = queued_since
+        self.is_work = is_work
+
+    def __call__(self, environ, start_response):
+        """Refuse, or pass the request on to the app."""
+        stamp = self._queued_since()
+        if stamp and self.is_work(environ.get("PATH_INFO", "")):
+            waited = time.monotonic() - stamp
+            if waited > self._config["MAX_QUEUE_WAIT_S"]:
+                return self._refuse(environ, start_response, waited)
+        return self._app(environ, start_response)
+
+    def _refuse(self, environ, start_response, waited):
+        telemetry.REJECTED.labels("queue_wait").inc()
+        headers, body = refusal(waited, self._config["RETRY_AFTER_S"])
+        headers.append((telemetry.REQUEST_ID_HEADER,
+                        telemetry.set_request_id(environ.get("HTTP_X_REQUEST_ID"))))
+        start_response("503 Service Unavailable", headers)
+        return [body]
 
 
 def json_error(status, message, headers=()):
@@ -71,9 +144,9 @@ def raw_response(status, headers, body):
     return f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n{head}\r\n".encode("latin-1") + body
 
 
-def plain_refusal(request, waited_s, retry_after_s):
+def plain_refusal(request, waited_s, retry_after_s, is_work):
     """The bytes of a 503 for `request`, the whole of one request as read by the poller, if it is
-    a plain GET of a work route (HTTP/1.1, keep-alive, no body); None for anything else, which a
+    a plain GET of a work path (HTTP/1.1, keep-alive, no body); None for anything else, which a
     request thread then refuses through gunicorn and ShedBeforeApp.
 
     Called from the poller thread for requests that waited too long: no hand-off to a thread and
@@ -110,10 +183,11 @@ def _request_id(header_lines, lowered):
 class AdaptiveLifoQueue:
     """The work queue of a ThreadPoolExecutor (put, get, get_nowait, qsize): FIFO while it keeps
     emptying, newest first once congested, and an item that waited past `max_wait_s` first of all
-    (its request is then refused at once)."""
+    (its request is then refused at once). `max_wait_s` may be set later (the worker reads its
+    settings after it made its executor)."""
 
-    def __init__(self, max_wait_s):
-        self._max_wait_s = max_wait_s
+    def __init__(self, max_wait_s=math.inf):
+        self.max_wait_s = max_wait_s
         self._items = collections.deque()  # (time queued, item), oldest on the left
         # Expired items the poller thread handed back (put_back): a thread refuses them first,
         # and pop_expired does not look at them again.
@@ -141,7 +215,7 @@ class AdaptiveLifoQueue:
             now = time.monotonic()
             queued_at, item = self._items[0]
             if (now - self._empty_at < CONGESTION_S
-                    or now - queued_at > self._max_wait_s):
+                    or now - queued_at > self.max_wait_s):
                 self._items.popleft()
             else:
                 _, item = self._items.pop()
@@ -155,7 +229,7 @@ class AdaptiveLifoQueue:
             now = time.monotonic()
             expired = []
             while self._items and self._items[0][1] is not None \
-                    and now - self._items[0][0] > self._max_wait_s:
+                    and now - self._items[0][0] > self.max_wait_s:
                 expired.append(self._items.popleft())
             if expired and not self._items:
                 self._empty_at = now

@@ -1,4 +1,5 @@
-"""Which waiting request a free thread takes: FIFO, adaptive LIFO, and the expired first."""
+"""Who is refused: work routes only; which waiting request a free thread takes (FIFO, adaptive
+LIFO, the expired first); the poller's own 503."""
 import json
 import queue
 import time
@@ -6,23 +7,24 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from serving import admission
+from serving import internals, overload
 
 LONG_WAIT_S = 10.0
+IS_WORK = {"/"}.__contains__
 
 
 def congested(items, max_wait_s=LONG_WAIT_S):
     """A queue holding `items` that has not been empty for longer than CONGESTION_S."""
-    lifo = admission.AdaptiveLifoQueue(max_wait_s)
+    lifo = overload.AdaptiveLifoQueue(max_wait_s)
     lifo.put("first")
-    time.sleep(admission.CONGESTION_S * 1.5)
+    time.sleep(overload.CONGESTION_S * 1.5)
     for item in items:
         lifo.put(item)
     return lifo
 
 
 def test_a_queue_that_keeps_emptying_is_fifo():
-    lifo = admission.AdaptiveLifoQueue(LONG_WAIT_S)
+    lifo = overload.AdaptiveLifoQueue(LONG_WAIT_S)
     for item in "abc":
         lifo.put(item)
     assert [lifo.get() for _ in range(3)] == ["a", "b", "c"]
@@ -34,18 +36,18 @@ def test_a_congested_queue_serves_the_newest_first():
 
 
 def test_a_request_that_waited_too_long_goes_first_to_be_refused():
-    lifo = congested(["b", "c"], max_wait_s=admission.CONGESTION_S)
+    lifo = congested(["b", "c"], max_wait_s=overload.CONGESTION_S)
     assert lifo.get() == "first" and lifo.get() == "c"
 
 
 def test_an_empty_queue_raises_empty_without_blocking():
     with pytest.raises(queue.Empty):
-        admission.AdaptiveLifoQueue(LONG_WAIT_S).get_nowait()
+        overload.AdaptiveLifoQueue(LONG_WAIT_S).get_nowait()
 
 
 def test_an_executor_runs_and_shuts_down_on_it():
     executor = ThreadPoolExecutor(2)
-    executor._work_queue = admission.AdaptiveLifoQueue(LONG_WAIT_S)
+    internals.set_work_queue(executor, overload.AdaptiveLifoQueue(LONG_WAIT_S))
     futures = [executor.submit(pow, 2, n) for n in range(20)]
     assert [f.result(timeout=5) for f in futures] == [2**n for n in range(20)]
     executor.shutdown(wait=True, cancel_futures=True)
@@ -53,28 +55,47 @@ def test_an_executor_runs_and_shuts_down_on_it():
 
 @pytest.mark.parametrize("path, work", [
     ("/", True), ("/is_prime/7", True), ("/is_prime", True),
-    ("/healthz", False), ("/readyz", False), ("/metrics", False), ("/openapi.json", False),
+    ("/is_prime/", True), ("/healthz", False), ("/readyz", False), ("/metrics", False),
+    ("/openapi.json", False), ("/missing", False),
 ])
-def test_only_work_is_refused(path, work):
-    assert admission.is_work(path) is work
+def test_only_routes_declared_work_are_refused(app, path, work):
+    assert app.extensions["overload"].is_work(path) is work
+
+
+def test_a_new_route_declared_work_is_refused_by_its_path(app):
+    @app.get("/report/<name>")
+    @overload.work
+    def report(name):
+        return name
+
+    @app.get("/status")
+    def status():
+        return "ok"
+
+    is_work = overload.work_paths(app)
+    assert is_work("/report/x") and not is_work("/status") and not is_work("/reports")
+
+
+def test_an_app_set_up_without_overload_has_no_work():
+    assert overload.work_test_of(object())("/") is False
 
 
 def test_pop_expired_takes_only_what_waited_too_long_and_put_back_returns_it_first():
-    lifo = admission.AdaptiveLifoQueue(max_wait_s=admission.CONGESTION_S)
+    lifo = overload.AdaptiveLifoQueue(max_wait_s=overload.CONGESTION_S)
     lifo.put("old")
-    time.sleep(admission.CONGESTION_S * 1.5)
+    time.sleep(overload.CONGESTION_S * 1.5)
     lifo.put("new")
     [(_, item)] = lifo.pop_expired()
     assert item == "old" and lifo.qsize() == 1
     lifo.put_back(item)
-    time.sleep(admission.CONGESTION_S * 1.5)  # "new" has expired too by now
+    time.sleep(overload.CONGESTION_S * 1.5)  # "new" has expired too by now
     assert [queued for _, queued in lifo.pop_expired()] == ["new"]  # "old" is not looked at again
     assert lifo.get() == "old"
 
 
 def test_a_plain_get_gets_a_503_of_its_own():
     request = b"GET /?mode=concurrent HTTP/1.1\r\nHost: x\r\nX-Request-ID: r-1\r\n\r\n"
-    head, _, body = admission.plain_refusal(request, 1.23, 1).partition(b"\r\n\r\n")
+    head, _, body = overload.plain_refusal(request, 1.23, 1, IS_WORK).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in head
     assert b"X-Request-ID: r-1" in head
     assert json.loads(body) == {"error": "overloaded: waited 1.23 s for a thread; retry shortly",
@@ -89,4 +110,4 @@ def test_a_plain_get_gets_a_503_of_its_own():
     b"GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n",
 ])
 def test_anything_else_is_left_for_a_request_thread(request_bytes):
-    assert admission.plain_refusal(request_bytes, 1.5, 1) is None
+    assert overload.plain_refusal(request_bytes, 1.5, 1, IS_WORK) is None
