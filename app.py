@@ -71,6 +71,7 @@ def create_app(test_config=None):
         reconnect_after_s=cfg["DASK_RECONNECT_S"],
     )
 
+    app.extensions["openapi"] = openapi.document(cfg)
     app.register_blueprint(bp)
     overload.init_app(app, worker.queued_since)
     app.before_request(_start_request)
@@ -195,7 +196,7 @@ def readyz():
 @bp.get("/openapi.json")
 def openapi_document():
     """The OpenAPI 3.1 document of this API."""
-    return jsonify(openapi.document(current_app.config))
+    return jsonify(current_app.extensions["openapi"])
 
 
 @bp.get("/metrics")

@@ -82,11 +82,6 @@ def run_clients(url, clients, per_client, timeout_s=30, headers=None):
 TEST_SIZE = {"WEB_WORKERS": 2, "WEB_THREADS": 32, "PROCESS_POOL_SIZE": 2}
 
 
-def start_gunicorn(api_url, tmp_path, **env):
-    """gunicorn as the tests run it: TEST_SIZE, unless `env` says otherwise."""
-    return harness.start_gunicorn(api_url, tmp_path, **{**TEST_SIZE, **env})
-
-
 def postgres_available():
     """True when the PostgreSQL of POSTGRES_URL accepts connections."""
     from sqlalchemy import create_engine, text

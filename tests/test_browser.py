@@ -4,8 +4,9 @@ import shutil
 
 import pytest
 
+from config import Config
 from dev import harness
-from tests.helpers import TEST_SIZE, missing
+from tests.helpers import missing
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
@@ -41,10 +42,9 @@ def browser(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(upstream, serve_module):
     """The default deployment (seed latency), at the tests' size."""
-    with harness.deployment(tmp_path_factory.mktemp("browser"), **TEST_SIZE) as (service, _):
-        yield service
+    return serve_module(f"{upstream.url}/?delay_ms={Config.API_DELAY_MS}")
 
 
 def total_ms(browser):

@@ -9,7 +9,7 @@ import requests
 
 from config import Config
 from dev import harness
-from tests.helpers import big_primes, primes_lasting, run_clients, start_gunicorn, timed_get
+from tests.helpers import big_primes, primes_lasting, run_clients, timed_get
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -30,28 +30,23 @@ def cluster():
 
 
 @pytest.fixture
-def on_dask(cluster, upstream, tmp_path):
+def on_dask(cluster, serve):
     """gunicorn whose prime checks run on `cluster`."""
     scheduler, _ = cluster
-    service = start_gunicorn(upstream.url + "/", tmp_path,
-                             CPU_EXECUTOR=f"dask://127.0.0.1:{scheduler.port}")
-    yield service
-    service.stop()
+    return serve(CPU_EXECUTOR=f"dask://127.0.0.1:{scheduler.port}")
 
 
 @pytest.mark.parametrize("setting", ["dask:/nowhere", "dask://127.0.0.1", "celery://x:1", "proc"])
-def test_a_bad_cpu_executor_stops_gunicorn_at_start_saying_why(upstream, tmp_path, setting):
+def test_a_bad_cpu_executor_stops_gunicorn_at_start_saying_why(serve, setting):
     with pytest.raises(RuntimeError) as failed:
-        start_gunicorn(upstream.url + "/", tmp_path, CPU_EXECUTOR=setting)
+        serve(CPU_EXECUTOR=setting)
     assert "CPU_EXECUTOR must be 'process' or 'dask://HOST:PORT'" in str(failed.value)
 
 
-def test_answers_on_dask_are_the_local_pool_s(on_dask, upstream, tmp_path_factory):
-    local = start_gunicorn(upstream.url + "/", tmp_path_factory.mktemp("local"))
-    try:
-        expected = requests.get(local.url + BIG_BATCH, timeout=30).json()
-    finally:
-        local.stop()
+def test_answers_on_dask_are_the_local_pool_s(on_dask, serve):
+    local = serve()
+    expected = requests.get(local.url + BIG_BATCH, timeout=30).json()
+    local.stop()
     response = requests.get(on_dask.url + BIG_BATCH, timeout=30)
     assert response.status_code == 200 and response.json() == expected
     ready = requests.get(on_dask.url + "/readyz", timeout=10).json()
@@ -60,37 +55,31 @@ def test_answers_on_dask_are_the_local_pool_s(on_dask, upstream, tmp_path_factor
     assert 'cpu_tasks_total{executor="dask"}' in metrics
 
 
-def test_cpu_on_dask_stops_at_the_deadline_and_frees_the_workers(cluster, upstream, tmp_path):
+def test_cpu_on_dask_stops_at_the_deadline_and_frees_the_workers(cluster, serve):
     scheduler, _ = cluster
     # Primes for about twice the deadline on the two workers: admitted, as their least cost (no
     # number prime) is a fifth of that.
-    service = start_gunicorn(upstream.url + "/", tmp_path, REQUEST_TIMEOUT_S=0.3,
-                             CPU_EXECUTOR=f"dask://127.0.0.1:{scheduler.port}")
-    try:
-        requests.get(service.url + SMALL.replace("inline", "process"), timeout=10)  # connect
-        slow = requests.post(service.url + "/is_prime", json=primes_lasting(2 * 2 * 0.3), timeout=30)
-        time.sleep(0.2)  # one 900-digit test, and some
-        after, seconds = timed_get(service.url + SMALL.replace("inline", "process"))
-    finally:
-        service.stop()
+    service = serve(REQUEST_TIMEOUT_S=0.3, CPU_EXECUTOR=f"dask://127.0.0.1:{scheduler.port}")
+    requests.get(service.url + SMALL.replace("inline", "process"), timeout=10)  # connect
+    slow = requests.post(service.url + "/is_prime", json=primes_lasting(2 * 2 * 0.3), timeout=30)
+    time.sleep(0.2)  # one 900-digit test, and some
+    after, seconds = timed_get(service.url + SMALL.replace("inline", "process"))
     assert slow.status_code == 504, slow.text
     assert after.status_code == 200 and seconds < 0.5  # no worker still on the slow batch
 
 
-def test_workers_that_cannot_run_the_check_give_502_and_readyz_says_why(upstream, tmp_path):
+def test_workers_that_cannot_run_the_check_give_502_and_readyz_says_why(serve):
     scheduler = harness.start_dask_scheduler()
     without_gmpy2 = harness.ROOT / "tests" / "dask_worker_without_gmpy2.py"
     worker = harness.start_dask_worker(scheduler, "bare", preload=without_gmpy2)
-    service = None
     try:
-        service = start_gunicorn(upstream.url + "/", tmp_path,
-                                 CPU_EXECUTOR=f"dask://127.0.0.1:{scheduler.port}")
+        service = serve(CPU_EXECUTOR=f"dask://127.0.0.1:{scheduler.port}")
         batch = requests.get(service.url + BIG_BATCH, timeout=30)
         ready = requests.get(service.url + "/readyz", timeout=10)
+        service.stop()  # before its scheduler
     finally:
-        for part in (service, worker, scheduler):
-            if part is not None:
-                part.stop()
+        for part in (worker, scheduler):
+            part.stop()
     assert batch.status_code == 502, batch.text
     assert "Dask workers cannot run the prime check" in batch.json()["error"]
     assert "gmpy2" in batch.json()["error"]

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench import flood
 from dev.harness import descendants, free_port, parent_of, worker_pids
-from tests.helpers import TEST_SIZE, big_primes, run_clients, start_gunicorn, timed_get
+from tests.helpers import TEST_SIZE, big_primes, run_clients, timed_get
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
@@ -26,19 +26,9 @@ MERSENNE = f"/is_prime/{2**1279 - 1}?mode=process"
 
 
 @pytest.fixture
-def serve(upstream, tmp_path):
-    """Start gunicorn with settings; every server started is stopped after the test."""
-    started = []
-
-    def start(api_url=None, **env):
-        env.setdefault("REQUEST_TIMEOUT_S", DEADLINE_S)
-        service = start_gunicorn(api_url or upstream.url + "/", tmp_path, **env)
-        started.append(service)
-        return service
-
-    yield start
-    for service in started:
-        service.stop()
+def serve(serve):
+    """conftest's gunicorns, with this module's deadline unless a test sets its own."""
+    return lambda api_url=None, **env: serve(api_url, **{"REQUEST_TIMEOUT_S": DEADLINE_S, **env})
 
 
 def assert_primes_stay_fast(service):
@@ -299,8 +289,6 @@ def test_any_body_gets_an_answer_or_a_json_4xx_never_a_5xx(hostile_service, body
 
 
 @pytest.fixture(scope="module")
-def hostile_service(upstream, tmp_path_factory):
+def hostile_service(serve_module):
     """One gunicorn for every example of the hostile-body property test."""
-    service = start_gunicorn(upstream.url + "/", tmp_path_factory.mktemp("hostile"))
-    yield service
-    service.stop()
+    return serve_module()

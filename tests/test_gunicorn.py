@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from dev.harness import ROOT, Service, descendants, free_port, start_upstream, worker_pids
-from tests.helpers import big_primes, start_gunicorn, timed_get
+from tests.helpers import big_primes, timed_get
 
 SEED_PROFILE = {"FILE_DELAY_MS": 100, "DB_DELAY_MS": 200}
 API_DELAY_MS = 300
@@ -32,11 +32,9 @@ def upstream_300():
 
 
 @pytest.fixture(scope="module")
-def server(upstream_300, tmp_path_factory):
+def server(upstream_300, serve_module):
     """gunicorn with two workers and the seed latency profile."""
-    service = start_gunicorn(upstream_300.url + "/", tmp_path_factory.mktemp("gunicorn"), **SEED_PROFILE)
-    yield service
-    service.stop()
+    return serve_module(upstream_300.url + "/", **SEED_PROFILE)
 
 
 def test_index_reads_all_three_sources_concurrently(server):
@@ -115,35 +113,33 @@ def test_server_is_healthy_after_bad_input(server):
     assert server.session_pids() == workers_before
 
 
-def test_preload_and_worker_recycling_keep_pools_working(upstream_300, tmp_path):
-    service = start_gunicorn(upstream_300.url + "/?delay_ms=0", tmp_path, PRELOAD=1,
-                             MAX_REQUESTS=10, MAX_REQUESTS_JITTER=3, FILE_DELAY_MS=0, DB_DELAY_MS=0)
-    try:
-        big = 2**1279 - 1
-        for i in range(60):
-            path = f"/is_prime/{big},{i}?mode=process" if i % 2 else "/"
-            assert requests.get(service.url + path, timeout=10).status_code == 200, path
-    finally:
-        assert service.stop() == 0
+def test_preload_and_worker_recycling_keep_pools_working(upstream_300, serve):
+    service = serve(upstream_300.url + "/?delay_ms=0", PRELOAD=1, MAX_REQUESTS=10,
+                    MAX_REQUESTS_JITTER=3, FILE_DELAY_MS=0, DB_DELAY_MS=0)
+    big = 2**1279 - 1
+    for i in range(60):
+        path = f"/is_prime/{big},{i}?mode=process" if i % 2 else "/"
+        assert requests.get(service.url + path, timeout=10).status_code == 200, path
+    assert service.stop() == 0
     assert service.leftovers == []
 
 
-def test_sigterm_stops_gunicorn_and_every_child(upstream_300, tmp_path):
-    service = start_gunicorn(upstream_300.url + "/", tmp_path)
+def test_sigterm_stops_gunicorn_and_every_child(serve):
+    service = serve()
     requests.get(service.url + "/is_prime/7?mode=process", timeout=10)
     assert len(service.session_pids()) > 3  # master, workers, forkservers, pool processes
     assert service.stop(signal.SIGTERM) == 0
     assert service.leftovers == []
 
 
-def test_metrics_directories_go_with_their_master_even_one_killed(upstream_300, tmp_path):
+def test_metrics_directories_go_with_their_master_even_one_killed(serve):
     def metrics_dir(service):
         return Path(tempfile.gettempdir(), f"flask-pools-metrics-{service.proc.pid}")
 
-    killed = start_gunicorn(upstream_300.url + "/", tmp_path / "killed")
+    killed = serve()
     killed.stop(signal.SIGKILL)  # on_exit never runs
     assert metrics_dir(killed).is_dir()
-    service = start_gunicorn(upstream_300.url + "/", tmp_path / "next")
+    service = serve()
     assert metrics_dir(service).is_dir() and not metrics_dir(killed).exists()
     assert service.stop() == 0
     assert not metrics_dir(service).exists()

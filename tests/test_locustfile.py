@@ -6,7 +6,6 @@ import sys
 import pytest
 
 from dev.harness import ROOT, free_port
-from tests.helpers import start_gunicorn
 
 pytestmark = [pytest.mark.slow, pytest.mark.load]
 
@@ -15,12 +14,9 @@ RUN = ["--users", "20", "--spawn-rate", "20", "--run-time", "6s"]
 
 
 @pytest.fixture(scope="module")
-def server(upstream, tmp_path_factory):
+def server(serve_module):
     """gunicorn without simulated latency, so a short run makes many requests."""
-    service = start_gunicorn(upstream.url + "/", tmp_path_factory.mktemp("locust"),
-                             FILE_DELAY_MS=0, DB_DELAY_MS=0)
-    yield service
-    service.stop()
+    return serve_module(FILE_DELAY_MS=0, DB_DELAY_MS=0)
 
 
 def locust(host, tmp_path, *extra, timeout=60):

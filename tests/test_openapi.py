@@ -1,4 +1,5 @@
 """The OpenAPI document: valid OpenAPI 3.1, complete, and true of a real gunicorn under fuzzing."""
+import json
 import re
 
 import pytest
@@ -10,8 +11,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from openapi_spec_validator import validate
 
 import openapi
-from config import Config
-from tests.helpers import start_gunicorn
+from config import settings
 
 # Bounded fuzzing: at most this many generated requests per operation and generation mode
 # (schema-valid and schema-invalid), to 127.0.0.1 only.
@@ -45,12 +45,10 @@ def test_the_limits_are_the_config_s(app):
 
 
 @pytest.fixture(scope="module")
-def fuzzed(upstream, tmp_path_factory):
+def fuzzed(serve_module):
     """The schema as a real gunicorn serves it, with no simulated latency."""
-    service = start_gunicorn(upstream.url + "/", tmp_path_factory.mktemp("fuzz"),
-                             FILE_DELAY_MS=0, DB_DELAY_MS=0)
+    service = serve_module(FILE_DELAY_MS=0, DB_DELAY_MS=0)
     yield schemathesis.openapi.from_url(service.url + "/openapi.json", config=FUZZ_CONFIG)
-    service.stop()
     print(f"\nschemathesis sent {len(_sent)} requests; statuses: "
           f"{ {status: _sent.count(status) for status in sorted(set(_sent))} }")
 
@@ -59,7 +57,7 @@ def fuzz_runs():
     """(method, path, mode) of every operation, from the document as the default config writes
     it: schema-valid requests for each, schema-invalid ones where there is input to break (the
     X-Request-ID header takes any string)."""
-    for path, operations in openapi.document(vars(Config))["paths"].items():
+    for path, operations in openapi.document(settings())["paths"].items():
         for method, operation in operations.items():
             takes_input = len(operation["parameters"]) > 1 or "requestBody" in operation
             for mode in GenerationMode:
@@ -93,3 +91,16 @@ def test_a_request_line_too_long_gets_gunicorn_s_414_as_documented(fuzzed):
     response = case.call(timeout=10)
     assert response.status_code == 414
     case.validate_response(response, excluded_checks=[positive_data_acceptance])
+
+
+def test_the_route_serves_the_document_read_at_start_with_the_app_s_limits(client):
+    app_config = client.application.config
+    assert client.get("/openapi.json").get_json() == openapi.document(app_config)
+
+
+def test_the_document_on_disk_is_the_contract_with_the_default_limits_in_its_schemas():
+    on_disk = json.loads(openapi.PATH.read_text(encoding="utf-8"))
+    with_defaults = openapi.document(settings())
+    assert json.dumps(on_disk).count("{PRIME_MAX_ITEMS}") == 2
+    assert on_disk["paths"]["/is_prime"] == json.loads(
+        json.dumps(with_defaults["paths"]["/is_prime"]))

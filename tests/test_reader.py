@@ -12,7 +12,6 @@ from bench.attack import Attack, time_gets
 from bench.bench import deployment_pids, memory_mb
 from dev.harness import worker_pids
 from serving.reader import Limits, Refusal, RequestReader
-from tests.helpers import start_gunicorn
 
 LIMITS = Limits(idle_s=10, head_s=20, head_max_s=40, body_s=20, body_max_s=60,
                 min_rate_bps=500, max_head_bytes=1024, max_body_bytes=100)
@@ -118,12 +117,9 @@ def ended_reads(service):
 
 
 @pytest.fixture
-def short_reads(upstream, tmp_path):
+def short_reads(upstream, serve):
     """gunicorn with SHORT read deadlines and the seed's latency."""
-    service = start_gunicorn(upstream.url + "/?delay_ms=300", tmp_path, FILE_DELAY_MS=100,
-                             DB_DELAY_MS=200, **SHORT)
-    yield service
-    service.stop()
+    return serve(upstream.url + "/?delay_ms=300", FILE_DELAY_MS=100, DB_DELAY_MS=200, **SHORT)
 
 
 @pytest.mark.slow
@@ -171,17 +167,14 @@ def test_slow_silent_and_hostile_clients_cost_get_slash_nothing(short_reads):
     assert rss_after - rss_before < 50, (rss_before, rss_after)
 
 
-def test_a_worker_full_of_idle_connections_still_takes_new_clients(upstream, tmp_path):
-    service = start_gunicorn(upstream.url + "/", tmp_path, WORKER_CONNECTIONS=100, **SHORT)
+def test_a_worker_full_of_idle_connections_still_takes_new_clients(serve):
+    service = serve(WORKER_CONNECTIONS=100, **SHORT)
+    idle = Attack(service.port, {"silent": 400})  # twice what 2 workers may hold
     try:
-        idle = Attack(service.port, {"silent": 400})  # twice what 2 workers may hold
-        try:
-            answers = time_gets(service.url + "/healthz", 10)
-        finally:
-            idle.stop()
-        counted = ended_reads(service)
+        answers = time_gets(service.url + "/healthz", 10)
     finally:
-        service.stop()
+        idle.stop()
+    counted = ended_reads(service)
     assert [status for status, _ in answers] == [200] * 10
     assert counted.get("evicted", 0) >= 200
 
