@@ -15,7 +15,7 @@ import pages
 import telemetry
 from config import settings
 from pools import ExecutorFailed, PoolRestarted, Pools, Saturated
-from serving import overload, worker
+from runtime import overload, worker
 from services import primes
 from services.api import ApiSource
 from services.db import DbSource

@@ -78,7 +78,7 @@ class Config:
     # time at 1000 and 2000 clients, but 8 % fewer at 500 (docs/performance.md).
     GIL_SWITCH_MS = env_float("GIL_SWITCH_MS", 5.0)
     # The rest of gunicorn's settings; gunicorn.conf.py says what each one does.
-    WORKER_CLASS = env_str("WORKER_CLASS", "serving.worker.GuardedThreadWorker")
+    WORKER_CLASS = env_str("WORKER_CLASS", "runtime.worker.GuardedThreadWorker")
     WORKER_CONNECTIONS = env_int("WORKER_CONNECTIONS", 1000)
     BACKLOG = env_int("BACKLOG", 2048)
     WORKER_TIMEOUT = env_int("WORKER_TIMEOUT", 30)
@@ -109,7 +109,7 @@ class Config:
 
     # Time budget of one request, counted from when gunicorn queued it; every read gets what is
     # left. Under overload a worker serves the newest waiting request first, and refuses (503,
-    # before Flask) one that has waited longer than MAX_QUEUE_WAIT_S (serving/overload.py): at
+    # before Flask) one that has waited longer than MAX_QUEUE_WAIT_S (runtime/overload.py): at
     # most 1 s of the 2 s goes to waiting, and a GET / served after it (0.3 s) is still in time.
     REQUEST_TIMEOUT_S = env_float("REQUEST_TIMEOUT_S", 2.0)
     MAX_QUEUE_WAIT_S = env_float("MAX_QUEUE_WAIT_S", 1.0)
@@ -122,7 +122,7 @@ class Config:
     THREAD_POOL_SIZE = env_int("THREAD_POOL_SIZE", 0)
     PROCESS_POOL_SIZE = env_int("PROCESS_POOL_SIZE", os.cpu_count() or 1)
     # Where prime checks run: "process" (this worker's pool) or dask://HOST:PORT, a Dask
-    # scheduler (serving/dask_executor.py); PROCESS_POOL_SIZE still sets the chunks per batch.
+    # scheduler (runtime/dask_executor.py); PROCESS_POOL_SIZE still sets the chunks per batch.
     CPU_EXECUTOR = env_str("CPU_EXECUTOR", "process")
     # After a failed connect to the Dask scheduler (READY_TIMEOUT_S), a worker answers 503 at
     # once for this long before it tries again: how soon a scheduler that is back is used.
@@ -143,7 +143,7 @@ class Config:
     PRIME_INLINE_BUDGET_MS = env_float("PRIME_INLINE_BUDGET_MS", 2.0)
 
     # A request is read whole by the worker's poller thread before a request thread gets it
-    # (serving/reader.py), within Apache mod_reqtimeout's defaults: a head within 20 s of its
+    # (runtime/reader.py), within Apache mod_reqtimeout's defaults: a head within 20 s of its
     # first byte, a second more for every 500 bytes, 40 s at most; a body likewise, 60 s at most
     # (mod_reqtimeout sets none: here every connection ends within a minute). Past one: 408.
     # A new connection that sends nothing is closed after READ_IDLE_TIMEOUT_S.
@@ -158,6 +158,18 @@ class Config:
     # The largest body read (a 413 beyond): by default a POST /is_prime of PRIME_MAX_ITEMS
     # numbers of PRIME_MAX_DIGITS digits, quoted, about 1 MB. No route takes more.
     MAX_BODY_BYTES = env_int("MAX_BODY_BYTES", PRIME_MAX_ITEMS * (PRIME_MAX_DIGITS + 4) + 64)
+
+
+class ToolConfig:
+    """The settings of the tests, benchmarks and dev tools, not of the service."""
+
+    # The PostgreSQL this machine runs (and CI's): make cluster's shared database, and the tests'.
+    POSTGRES_URL = env_str("TEST_POSTGRES_URL",
+                           "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+    # Under CI=true a test whose real part (PostgreSQL, Chromium, ...) is missing fails, not skips.
+    CI = env_bool("CI", False)
+    # The length of each load run of make bench, in seconds.
+    BENCH_SECONDS = env_int("BENCH_SECONDS", 8)
 
 
 def settings(overrides=None):

@@ -5,12 +5,12 @@ The processes it starts, and the code each runs:
 
     gunicorn master                     gunicorn.conf.py: settings and hooks
     |-- upstream API (make run only)    dev/upstream.py, started by dev/run.conf.py
-    `-- worker x WEB_WORKERS            serving/worker.py, app.py, pools.py, services/
+    `-- worker x WEB_WORKERS            runtime/worker.py, app.py, pools.py, services/
         |-- request threads x WEB_THREADS   a request each; the API read runs here
         |-- read threads (thread pool)      the file and database reads
         |-- resource tracker                multiprocessing's, for the process pool
         `-- forkserver                      started by post_worker_init, before pinning
-            `-- pool child x PROCESS_POOL_SIZE   serving/pool_child.py, services/primes.py
+            `-- pool child x PROCESS_POOL_SIZE   runtime/pool_child.py, services/primes.py
 """
 import gc
 import glob
@@ -22,7 +22,7 @@ import tempfile
 import pools
 import telemetry
 from config import Config
-from serving import dask_executor, pinning, pool_child
+from runtime import dask_executor, pinning, pool_child
 from services.db import init_db
 
 # What to serve: the app factory, so importing app.py builds nothing (flaskr's create_app).
@@ -32,7 +32,7 @@ bind = Config.BIND
 # WORKER_CLASS: gthread (a few processes of many threads: a request mostly waits on I/O, and
 # threads are far cheaper than processes), reading each request whole in its poller thread
 # before a thread gets it, stamping when each request was queued so that overload is shed, and
-# leaving connections to a less busy worker (serving/worker.py).
+# leaving connections to a less busy worker (runtime/worker.py).
 worker_class = Config.WORKER_CLASS
 # WEB_WORKERS: one worker per core; each has its own thread and process pools.
 workers = Config.WEB_WORKERS
@@ -42,7 +42,7 @@ threads = Config.WEB_THREADS
 # on purpose: a connection gthread has accepted is queued with a time stamp and shed with a quick
 # 503 once it has waited too long, while one left in the kernel's backlog waits unseen. When all
 # are taken, a new connection closes the one that has waited longest for its request
-# (serving/worker.py), so idle or slow clients cannot keep new ones out.
+# (runtime/worker.py), so idle or slow clients cannot keep new ones out.
 worker_connections = Config.WORKER_CONNECTIONS
 # BACKLOG: accept queue of the listening socket, so a burst of clients is not refused at connect.
 backlog = Config.BACKLOG

@@ -23,7 +23,7 @@ that admits at most `size + queue_limit` tasks and refuses the rest at once. CPU
 queue of this module's, which gives the executor no more chunks than it has processes, takes the
 cheapest batch first (shortest job first: a small batch waits for one running chunk, not for the
 flood), and admits a batch only if its cost and the cost queued ahead of it fit in the cores by
-its deadline. Executors, gates and queues are per process (serving.per_process): created on
+its deadline. Executors, gates and queues are per process (runtime.per_process): created on
 first use in the process that uses them, never inherited across a fork.
 """
 import contextvars
@@ -40,8 +40,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import telemetry
-from serving import dask_executor, pool_child
-from serving.per_process import PerProcess
+from runtime import dask_executor, pool_child
+from runtime.per_process import PerProcess
 
 _instances = weakref.WeakSet()
 # The estimated CPU seconds of a chunk whose caller gives no estimate (/readyz's check, tests).

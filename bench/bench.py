@@ -24,7 +24,7 @@ import requests
 from bench import multihost, peer_asyncio
 from bench.clients import SETTLE_S, median_seconds, wrk
 from bench.workloads import SEED_NUMBER, SEED_WORKLOAD, big_primes
-from config import Config
+from config import Config, ToolConfig
 from dev.harness import (REPORTS, Service, cpu_seconds, deployment, descendants,
                          ensure_installed, free_port, sqlite_url)
 CONCURRENCY = (1, 50, 200, 500)
@@ -463,7 +463,7 @@ def _cpu_model():
 def main(argv=None):
     """Measure, write the report, print it; exit 1 with --strict if a target was missed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", 8)),
+    parser.add_argument("--seconds", type=int, default=ToolConfig.BENCH_SECONDS,
                         help="length of each wrk run")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
     parser.add_argument("--part", choices=("all", "one-host", "multihost"), default="all",

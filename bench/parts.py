@@ -35,7 +35,7 @@ def measure(api_url, data_dir):
     from app import create_app
     from config import Config
     from dev.harness import sqlite_url
-    from serving.reader import Limits, RequestReader
+    from runtime.reader import Limits, RequestReader
     from services.db import init_db
 
     init_db(sqlite_url(data_dir))
@@ -64,7 +64,7 @@ def measure(api_url, data_dir):
 
     histogram = telemetry.REQUEST_SECONDS.labels("/", "GET", 200)
     parts = {
-        "HTTP parsing: serving/reader.py and gunicorn's parser": cpu_us(parse),
+        "HTTP parsing: runtime/reader.py and gunicorn's parser": cpu_us(parse),
         "the app's GET / through WSGI, sources included": cpu_us(whole),
         "API read: http.client GET from the upstream": cpu_us(lambda: sources["api"].read(far())),
         "SQL read: SQLAlchemy, SQLite": cpu_us(lambda: sources["db"].read(far())),

@@ -42,17 +42,17 @@ API_LATENCIES_MS = (300, 1200)
 RATE_HZ = 400
 # A sample's part: that of its innermost frame whose file starts with one of these paths.
 PARTS = {
-    "HTTP parsing (gunicorn's parser, serving/reader.py)": (
+    "HTTP parsing (gunicorn's parser, runtime/reader.py)": (
         "gunicorn/http/message.py", "gunicorn/http/parser.py", "gunicorn/http/unreader.py",
-        "gunicorn/http/body.py", "gunicorn/http/errors.py", "serving/reader.py"),
+        "gunicorn/http/body.py", "gunicorn/http/errors.py", "runtime/reader.py"),
     "response writing (gunicorn)": ("gunicorn/http/wsgi.py", "gunicorn/util.py"),
     "worker: poller, request queue, admission": (
-        "gunicorn/workers/", "serving/worker.py", "serving/overload.py", "selectors.py"),
+        "gunicorn/workers/", "runtime/worker.py", "runtime/overload.py", "selectors.py"),
     "Flask and Werkzeug": ("flask/", "werkzeug/", "blinker/", "itsdangerous/"),
     "JSON": ("json/",),
     "the app's own code (app.py, pages.py)": ("app.py", "pages.py"),
     "pool hand-offs and futures (pools.py, concurrent.futures)": (
-        "pools.py", "concurrent/futures/", "queue.py", "serving/per_process.py", "contextvars"),
+        "pools.py", "concurrent/futures/", "queue.py", "runtime/per_process.py", "contextvars"),
     "SQL (SQLAlchemy, sqlite3)": ("sqlalchemy/", "services/db.py", "sqlite3/"),
     "HTTP read (http.client)": ("http/client.py", "email/", "services/api.py"),
     "file read": ("services/files.py", "pathlib.py", "codecs.py", "<frozen codecs>"),

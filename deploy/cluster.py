@@ -21,12 +21,12 @@ from pathlib import Path
 
 import sqlalchemy.exc
 
-from config import Config
+from config import Config, ToolConfig
 from dev import harness
 from services.db import init_db
 
 HERE = Path(__file__).resolve().parent
-POSTGRES_URL = harness.LOCAL_POSTGRES_URL
+POSTGRES_URL = ToolConfig.POSTGRES_URL
 # Of PostgreSQL's default max_connections (100), what all hosts may hold at once: DB_POOL_SIZE of
 # each worker is its share. A read holds a connection only for its query, so a few suffice.
 DB_CONNECTIONS = 64

@@ -21,9 +21,6 @@ from config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "reports"
-# The PostgreSQL this machine runs (and CI's): make cluster's shared database, the tests' unless
-# TEST_POSTGRES_URL says otherwise.
-LOCAL_POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 40.0
 _running = set()

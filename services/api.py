@@ -4,7 +4,7 @@ import json
 import socket
 from urllib.parse import urlsplit
 
-from serving.per_process import PerProcess
+from runtime.per_process import PerThread
 from services import remaining
 
 # What a kept-alive connection that the server closed meanwhile raises on its next use.
@@ -25,7 +25,7 @@ class ApiSource:
         # http.client, one connection per thread, rather than a shared pool (urllib3, requests):
         # a pool's locks and bookkeeping cost a GET 260 us of CPU here against 90 us, and every
         # thread that reads the API needs a connection at once anyway (docs/performance.md).
-        self._connection = PerProcess(self._connect, per_thread=True)
+        self._connection = PerThread(self._connect)
 
     def read(self, deadline):
         """Return the API's JSON body; the timeout is what is left of the request's budget."""

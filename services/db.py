@@ -6,7 +6,7 @@ import sqlalchemy.exc
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, func, insert, select
 from sqlalchemy.engine import make_url
 
-from serving.per_process import PerProcess
+from runtime.per_process import PerProcess
 from services import remaining, simulate_latency
 
 metadata = MetaData()

@@ -2,19 +2,17 @@
 the tests' deployments, and whether a real part is missing (skip, or fail under CI=true)."""
 import functools
 import math
-import os
 import time
 
 import gmpy2
-
 import pytest
 import requests
 
 from bench import workloads
-from dev import harness
+from config import ToolConfig
 from services import primes
 
-POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", harness.LOCAL_POSTGRES_URL)
+POSTGRES_URL = ToolConfig.POSTGRES_URL
 
 
 def far():
@@ -99,6 +97,6 @@ def postgres_available():
 
 def missing(what):
     """A real part the test needs is missing: skip on a laptop, but fail under CI=true."""
-    if os.environ.get("CI") == "true":
+    if ToolConfig.CI:
         pytest.fail(f"CI=true but {what}")
     pytest.skip(what)

@@ -10,7 +10,7 @@ from flask import request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serving import worker
+from runtime import worker
 from services import primes
 
 from tests.helpers import big_primes, far, primes_lasting

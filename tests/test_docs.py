@@ -55,7 +55,7 @@ def test_the_configuration_table_lists_every_setting_and_no_other():
 def test_the_code_map_names_every_module_and_only_files_that_exist():
     code_map = readme_section("Code map and process tree")
     modules = {path.relative_to(ROOT) for path in ROOT.glob("*.py")}
-    modules |= {path.relative_to(ROOT) for folder in ("serving", "dev", "deploy")
+    modules |= {path.relative_to(ROOT) for folder in ("runtime", "dev", "deploy")
                 for path in (ROOT / folder).glob("*.py") if path.name != "__init__.py"}
     for module in modules:
         assert f"`{module.name}`" in code_map, module
@@ -69,8 +69,8 @@ def test_the_readme_stays_short():
 
 
 SERVICE_FILES = ["app.py", "config.py", "pools.py", "pages.py", "openapi.py", "telemetry.py",
-                 "gunicorn.conf.py", "services/*.py", "serving/*.py"]
-LOCAL = {"app", "config", "pools", "pages", "openapi", "telemetry", "services", "serving", "dev"}
+                 "gunicorn.conf.py", "services/*.py", "runtime/*.py"]
+LOCAL = {"app", "config", "pools", "pages", "openapi", "telemetry", "services", "runtime", "dev"}
 LOADED_BY_URL = {"psycopg2-binary"}  # SQLAlchemy imports it for a postgresql:// URL
 
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from openapi_spec_validator import validate
 
 import openapi
-from config import settings
+import config
 
 # Bounded fuzzing: at most this many generated requests per operation and generation mode
 # (schema-valid and schema-invalid), to 127.0.0.1 only.
@@ -57,7 +57,7 @@ def fuzz_runs():
     """(method, path, mode) of every operation, from the document as the default config writes
     it: schema-valid requests for each, schema-invalid ones where there is input to break (the
     X-Request-ID header takes any string)."""
-    for path, operations in openapi.document(settings())["paths"].items():
+    for path, operations in openapi.document(config.settings())["paths"].items():
         for method, operation in operations.items():
             takes_input = len(operation["parameters"]) > 1 or "requestBody" in operation
             for mode in GenerationMode:
@@ -100,7 +100,7 @@ def test_the_route_serves_the_document_read_at_start_with_the_app_s_limits(clien
 
 def test_the_document_on_disk_is_the_contract_with_the_default_limits_in_its_schemas():
     on_disk = json.loads(openapi.PATH.read_text(encoding="utf-8"))
-    with_defaults = openapi.document(settings())
+    with_defaults = openapi.document(config.settings())
     assert json.dumps(on_disk).count("{PRIME_MAX_ITEMS}") == 2
     assert on_disk["paths"]["/is_prime"] == json.loads(
         json.dumps(with_defaults["paths"]["/is_prime"]))

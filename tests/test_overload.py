@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from serving import internals, overload
+from runtime import internals, overload
 
 LONG_WAIT_S = 10.0
 IS_WORK = {"/"}.__contains__

@@ -3,7 +3,7 @@ import itertools
 import os
 import threading
 
-from serving.per_process import PerProcess
+from runtime.per_process import PerProcess, PerThread
 
 
 def counter():
@@ -32,7 +32,7 @@ def test_a_forked_child_builds_its_own_value():
 
 
 def test_per_thread_values_are_not_shared():
-    state = PerProcess(counter(), per_thread=True)
+    state = PerThread(counter())
     mine = state.get()
     other = []
     thread = threading.Thread(target=lambda: other.append(state.get()))

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from dev.harness import ROOT
-from serving import pinning
+from runtime import pinning
 
 
 class Pinned:
@@ -33,7 +33,7 @@ def test_pin_process_pins_every_thread_and_threads_started_later():
     # In a child process: pinning the test runner itself would slow the rest of the suite.
     code = (
         "import os, threading, time\n"
-        "from serving import pinning\n"
+        "from runtime import pinning\n"
         "before = threading.Thread(target=time.sleep, args=(2,)); before.start()\n"
         "pinning.pin_process(CPU)\n"
         "after = threading.Thread(target=time.sleep, args=(2,)); after.start()\n"

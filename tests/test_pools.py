@@ -226,7 +226,7 @@ def test_pool_processes_may_use_every_cpu_when_their_worker_is_pinned():
     # In a child process, pinned as gunicorn.conf.py pins a worker; the pool starts after.
     code = (
         "import os, time, pools\n"
-        "from serving import pinning\n"
+        "from runtime import pinning\n"
         "pair = pools.Pools(thread_size=1, process_size=1)\n"
         "pinning.pin_process(min(os.sched_getaffinity(0)))\n"
         "print(sorted(pair.map_cpu(os.sched_getaffinity, [0], time.monotonic() + 30)[0]))\n"

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.attack import Attack, time_gets
 from bench.bench import deployment_pids, memory_mb
 from dev.harness import worker_pids
-from serving.reader import Limits, Refusal, RequestReader
+from runtime.reader import Limits, Refusal, RequestReader
 
 LIMITS = Limits(idle_s=10, head_s=20, head_max_s=40, body_s=20, body_max_s=60,
                 min_rate_bps=500, max_head_bytes=1024, max_body_bytes=100)

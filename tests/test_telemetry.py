@@ -62,23 +62,23 @@ def test_metrics_render_as_prometheus_text():
 
 
 def test_importing_the_service_does_no_work(tmp_path):
-    metrics_dir = tmp_path / "metrics"
-    probe = ("import sys, app, pools, telemetry, serving.worker, serving.overload; "
-             "print('prometheus_client' in sys.modules)")
-    done = _python(probe, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False" and not metrics_dir.exists()
+    output = _python_with_metrics_dir(
+        tmp_path / "metrics", "import sys, app, pools, telemetry, runtime.worker, "
+        "runtime.overload; print('prometheus_client' in sys.modules)")
+    assert output.strip() == "False" and not (tmp_path / "metrics").exists()
 
 
 def test_the_first_metric_used_builds_them_in_the_multiprocess_directory(tmp_path):
-    metrics_dir = tmp_path / "metrics"
-    probe = ("import telemetry; telemetry.REJECTED.labels('probe').inc(); "
-             "print(telemetry.render_metrics()[0].decode())")
-    done = _python(probe, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    output = _python_with_metrics_dir(
+        tmp_path / "metrics", "import telemetry; telemetry.REJECTED.labels('probe').inc(); "
+        "print(telemetry.render_metrics()[0].decode())")
+    assert any((tmp_path / "metrics").iterdir())
+    assert 'rejected_requests_total{reason="probe"} 1.0' in output
+
+
+def _python_with_metrics_dir(metrics_dir, code):
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env=env)
     assert done.returncode == 0, done.stderr
-    assert any(metrics_dir.iterdir()) and 'rejected_requests_total{reason="probe"} 1.0' in done.stdout
-
-
-def _python(code, **env):
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, **env})
+    return done.stdout

@@ -8,7 +8,7 @@ from collections import deque
 import pytest
 
 from config import settings
-from serving import worker
+from runtime import worker
 
 
 def test_tasks_see_when_they_were_queued():

@@ -1,4 +1,4 @@
-"""The private state of gunicorn and of the stdlib that serving/worker.py relies on, in one place.
+"""The private state of gunicorn and of the stdlib that runtime/worker.py relies on, in one place.
 
 Neither gthread nor ThreadPoolExecutor offers the hooks the worker needs: a queue of its own for
 the executor's threads, the connection a queued task is for, the bytes a client pipelined behind

@@ -2,21 +2,25 @@
 
 gunicorn forks workers from its master (after importing the app, with --preload), and a forked
 child holds copies of its parent's objects whose threads, pipes and sockets belong to the parent.
-Everything of that kind is kept in a PerProcess, which builds it anew on first use in each process.
+Everything of that kind is kept in a PerProcess, which builds it anew on first use in each process,
+or in a PerThread, which does so in each thread of each process.
 """
 import os
 import threading
 
 
 class PerProcess:
-    """A value built by `factory()` on first use in each process, or in each thread of it."""
+    """A value built by `factory()` on first use in each process."""
 
-    def __init__(self, factory, *, per_thread=False):
+    def __init__(self, factory):
         self._factory = factory
         self._lock = threading.Lock()
-        # One slot for the process, or a thread-local one for each thread; each records the pid
-        # its value was built in.
-        self._slot = threading.local() if per_thread else _Slot()
+        # Records the pid its value was built in.
+        self._slot = self._new_slot()
+
+    @staticmethod
+    def _new_slot():
+        return _Slot()
 
     def get(self):
         """Return this process's (or thread's) value, building it if there is none yet."""
@@ -40,6 +44,14 @@ class PerProcess:
                 return False
             self._slot.pid = self._slot.value = None
             return True
+
+
+class PerThread(PerProcess):
+    """A value built by `factory()` on first use in each thread of each process."""
+
+    @staticmethod
+    def _new_slot():
+        return threading.local()  # a slot for each thread
 
 
 class _Slot:

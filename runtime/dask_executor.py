@@ -68,7 +68,7 @@ class Connector:
     """Makes a DaskExecutor for the scheduler at `address`, each time it is called; after a
     connect that failed, for `reconnect_after_s` it raises SchedulerUnavailable at once.
 
-    The caller builds its executor under a lock (serving.per_process), so with the scheduler
+    The caller builds its executor under a lock (runtime.per_process), so with the scheduler
     down every thread would otherwise wait out its own connect timeout in turn: 60 requests took
     up to 19 s for their 503. Meanwhile each gets its 503 at once, and the first call after the
     wait tries again: how soon a scheduler that is back is used.

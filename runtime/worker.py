@@ -3,7 +3,7 @@
 Reading ahead. gthread hands a new or kept-alive connection to a request thread, which waits up to
 5 s for its first byte and then reads the head and body with a blocking socket and no deadline:
 a slow or silent client holds a thread as long as it likes. Here the poller thread reads every
-request without blocking (serving/reader.py) and under deadlines, answers 408 to a client too
+request without blocking (runtime/reader.py) and under deadlines, answers 408 to a client too
 slow, 400/413/431 to a request that cannot be served, and closes a silent connection; a request
 thread gets a request only once all of it is in memory, and parses it from there (gunicorn's
 parser never touches the socket). A response is sent by the request thread; a connection it keeps
@@ -21,7 +21,7 @@ wait (`queued_since`) against the request's deadline and sheds what is already t
 Adaptive LIFO. The same executor's queue serves the oldest request first while it keeps
 emptying, and the newest once it is congested. A request that waited past MAX_QUEUE_WAIT_S is
 refused before the app runs: by this worker's poller thread after each turn of its loop when it
-is a plain keep-alive GET, or else by a request thread. serving/overload.py decides who is
+is a plain keep-alive GET, or else by a request thread. runtime/overload.py decides who is
 refused, and how; this worker only calls it.
 
 Accept hold-back. Workers share one listening socket and the quickest to wake wins each
@@ -44,7 +44,7 @@ Private state. This class overrides gthread's methods and uses its attributes (n
 tpool, keepalived_conns, pending_conns; TConn's sock, client, parser, initialized, data_ready;
 received and request_end are ours). What is private to gunicorn or the stdlib (the executor's
 queue and work items, the parser's unreader, _accepting) is reached only through
-serving/internals.py, which names all of it and is tested against the installed versions. TLS
+runtime/internals.py, which names all of it and is tested against the installed versions. TLS
 and HTTP/2 with prior knowledge are left to gthread's own reading (the bytes are not plain HTTP/1).
 """
 import selectors
@@ -59,8 +59,8 @@ from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, ThreadWorker
 
 import config
 import telemetry
-from serving import internals, overload
-from serving.reader import Limits, Refusal, RequestReader
+from runtime import internals, overload
+from runtime.reader import Limits, Refusal, RequestReader
 
 _local = threading.local()
 ACCEPT_YIELD_S = 0.01

@@ -1,6 +1,6 @@
 """A request read whole in the worker's poller thread, before any request thread sees it.
 
-    poller thread (serving/worker.py)                     RequestReader of one connection
+    poller thread (runtime/worker.py)                     RequestReader of one connection
     ---------------------------------                     -------------------------------
     accept, or a kept-alive connection back   --------->  waiting for a first byte (IDLE)
     readable: recv what is there, feed()      --------->  head: until CRLF CRLF, at most

@@ -1,18 +1,18 @@
 """Overload: who is refused, where and when. Every refusal for lack of room is decided here or
 named here; a route declares whether it does work (@work), and only work is refused.
 
-    where                          when                                          answer
-    -----                          ----                                          ------
-    worker, accept                 every thread of this worker is busy           none: accepting
-      (serving/worker.py)                                                          waits ACCEPT_YIELD_S
-                                                                                   for other workers
-    worker, poller thread          a plain keep-alive GET of a work route        503 written by the
-      (plain_refusal)                waited MAX_QUEUE_WAIT_S in the queue            poller thread
-    request thread, before Flask   any other work request that waited so long    503, no Flask
+    where                         when                                        answer
+    -----                         ----                                        ------
+    worker, accept                every thread of this worker is busy         none yet: another
+      (runtime/worker.py)                                                       worker may take it
+                                                                                (ACCEPT_YIELD_S)
+    worker, poller thread         a plain keep-alive GET of a work route      503, written by
+      (plain_refusal)               waited MAX_QUEUE_WAIT_S in the queue        the poller
+    request thread, before Flask  any other work request that waited so long  503, no Flask
       (ShedBeforeApp)
-    request thread, in the pools   its reads find the thread pool full, or its   503 (Saturated)
-      (pools.py)                     CPU work cannot finish by the deadline
-    request thread, in the route   a batch no core could check by the deadline   413
+    request thread, in the pools  its reads find the thread pool full, or     503 (Saturated)
+      (pools.py)                    its CPU work cannot finish by the deadline
+    request thread, in the route  a batch no core could check by the deadline 413
       (services/primes.py)
 
 Which waiting request a free thread takes (AdaptiveLifoQueue, the executor's queue):
@@ -44,7 +44,7 @@ never reaches Flask: 0.15 ms of CPU against 1.94 ms for a 200, most of them answ
 poller thread without a hand-off or gunicorn's parser. Routes that do no work (/healthz,
 /readyz, /metrics, /openapi.json) are never refused.
 
-Slow or broken clients are not overload: serving/reader.py and serving/worker.py answer them
+Slow or broken clients are not overload: runtime/reader.py and runtime/worker.py answer them
 (408, 400, 413, 431). The bytes the poller thread writes without gunicorn, theirs and these 503s,
 are built here (json_error, raw_response).
 """
