@@ -49,6 +49,7 @@ NOMINAL_COST_S = 0.001
 # A chunk still running this long after its deadline is taken as lost (a Dask cluster that went
 # away may never resolve its futures) and no longer holds a place in the CPU queue.
 LOST_AFTER_S = 1.0
+_CHILD_DIED = "a prime-check process died; the pool was rebuilt"
 
 
 @dataclass
@@ -324,12 +325,10 @@ class Pools:
                 raise TimeoutError("the prime check did not finish within the deadline")
             return [future.result() for future in futures]
         except BrokenExecutor as exc:  # a child died, or the Dask Client gave up: build anew
-            if not isinstance(exc, BrokenProcessPool):
-                self._drop(pool)
-                raise PoolRestarted(str(exc)) from exc
-            if self._drop(pool):
+            died = isinstance(exc, BrokenProcessPool)
+            if self._drop(pool) and died:
                 telemetry.POOL_REBUILDS.inc()
-            raise PoolRestarted("a prime-check process died; the pool was rebuilt") from exc
+            raise PoolRestarted(_CHILD_DIED if died else str(exc)) from exc
         except dask_executor.TaskLost as exc:
             raise PoolRestarted(str(exc)) from exc
         except dask_executor.WorkersFailed as exc:
@@ -338,7 +337,7 @@ class Pools:
             # "cannot schedule new futures after shutdown": another thread found this pool
             # broken and replaced it between our process_pool() and submit().
             if self._processes.peek() is not pool:
-                raise PoolRestarted("a prime-check process died; the pool was rebuilt") from exc
+                raise PoolRestarted(_CHILD_DIED) from exc
             raise
 
     def _drop(self, pool):

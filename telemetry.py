@@ -24,6 +24,35 @@ log = logging.getLogger("service")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 2.5, 5, 10)
 
 
+# Each metric: (attribute, prometheus_client class, name, help, labels, keyword arguments).
+_METRICS = (
+    ("REQUEST_SECONDS", "Histogram", "http_request_duration_seconds",
+     "Time from gunicorn queueing a request to its response", ["route", "method", "status"],
+     {"buckets": LATENCY_BUCKETS}),
+    ("SOURCE_SECONDS", "Histogram", "source_read_duration_seconds",
+     "Time of one read of a GET / source", ["source", "outcome"], {"buckets": LATENCY_BUCKETS}),
+    ("POOL_QUEUED", "Gauge", "pool_queue_depth", "Tasks submitted to a pool and not yet started",
+     ["pool"], {"multiprocess_mode": "livesum"}),
+    ("POOL_BUSY", "Gauge", "pool_busy_workers", "Pool threads or processes running a task",
+     ["pool"], {"multiprocess_mode": "livesum"}),
+    ("POOL_SIZE", "Gauge", "pool_size", "Threads or processes a pool may use", ["pool"],
+     {"multiprocess_mode": "livesum"}),
+    ("REJECTED", "Counter", "rejected_requests_total",
+     "Requests answered 503 because the service was saturated", ["reason"], {}),
+    ("READS_ENDED", "Counter", "request_reads_ended_total",
+     "Connections the poller answered (408, 400, 413, 431, 503) or closed before their request "
+     "was read whole", ["reason"], {}),
+    ("OPEN_READS", "Gauge", "request_reads_open",
+     "Connections whose next request is being read, or awaited", [],
+     {"multiprocess_mode": "livesum"}),
+    ("CPU_TASKS", "Counter", "cpu_tasks_total", "Chunks of prime checks submitted, by executor",
+     ["executor"], {}),
+    ("POOL_REBUILDS", "Counter", "process_pool_rebuilds_total",
+     "Process pools replaced after a child process died", [], {}),
+)
+_metrics_lock = threading.Lock()
+
+
 def _build_metrics():
     # prometheus_client picks its multiprocess mode when it is first imported, so it is imported
     # here, on the first use of a metric, not when this module is (gunicorn's master imports the
@@ -33,50 +62,16 @@ def _build_metrics():
         # The first process to use a metric creates it: with --preload that is gunicorn's
         # master, before its on_starting hook could.
         os.makedirs(multiproc_dir, exist_ok=True)
-    from prometheus_client import Counter, Gauge, Histogram
+    import prometheus_client
 
-    return dict(
-        REQUEST_SECONDS=Histogram(
-            "http_request_duration_seconds", "Time from gunicorn queueing a request to its "
-            "response", ["route", "method", "status"], buckets=LATENCY_BUCKETS),
-        SOURCE_SECONDS=Histogram(
-            "source_read_duration_seconds", "Time of one read of a GET / source",
-            ["source", "outcome"], buckets=LATENCY_BUCKETS),
-        POOL_QUEUED=Gauge(
-            "pool_queue_depth", "Tasks submitted to a pool and not yet started", ["pool"],
-            multiprocess_mode="livesum"),
-        POOL_BUSY=Gauge(
-            "pool_busy_workers", "Pool threads or processes running a task", ["pool"],
-            multiprocess_mode="livesum"),
-        POOL_SIZE=Gauge(
-            "pool_size", "Threads or processes a pool may use", ["pool"],
-            multiprocess_mode="livesum"),
-        REJECTED=Counter(
-            "rejected_requests_total", "Requests answered 503 because the service was saturated",
-            ["reason"]),
-        READS_ENDED=Counter(
-            "request_reads_ended_total", "Connections the poller answered (408, 400, 413, 431, "
-            "503) or closed before their request was read whole", ["reason"]),
-        OPEN_READS=Gauge(
-            "request_reads_open", "Connections whose next request is being read, or awaited",
-            multiprocess_mode="livesum"),
-        CPU_TASKS=Counter(
-            "cpu_tasks_total", "Chunks of prime checks submitted, by executor", ["executor"]),
-        POOL_REBUILDS=Counter(
-            "process_pool_rebuilds_total", "Process pools replaced after a child process died"),
-    )
-
-
-_METRIC_NAMES = frozenset({"REQUEST_SECONDS", "SOURCE_SECONDS", "POOL_QUEUED", "POOL_BUSY",
-                           "POOL_SIZE", "REJECTED", "READS_ENDED", "OPEN_READS", "CPU_TASKS",
-                           "POOL_REBUILDS"})
-_metrics_lock = threading.Lock()
+    return {attribute: getattr(prometheus_client, kind)(name, documentation, labels, **kwargs)
+            for attribute, kind, name, documentation, labels, kwargs in _METRICS}
 
 
 def __getattr__(name):
     """The metrics (telemetry.REJECTED and the like), all built on the first use of one (PEP 562);
     after that they are plain attributes of this module."""
-    if name not in _METRIC_NAMES:
+    if name not in {metric[0] for metric in _METRICS}:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     with _metrics_lock:
         if name not in globals():
@@ -88,6 +83,7 @@ def _multiproc_dir():
     # prometheus_client reads this variable itself, so this module follows the environment, not
     # Config: gunicorn.conf.py sets it for the workers after config.py was imported.
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
 
 def set_request_id(incoming):
     """Adopt a well-formed incoming X-Request-ID or make a new one; return it."""

@@ -99,7 +99,8 @@ class GuardedThreadWorker(ThreadWorker):
         self._limits = Limits.from_settings(settings)
         self._reads_ahead = not self.cfg.is_ssl and getattr(
             self.cfg, "http2_cleartext", None) not in ("prior-knowledge", "both")
-        internals.work_queue(self.tpool).max_wait_s = settings["MAX_QUEUE_WAIT_S"]
+        self._work_queue = internals.work_queue(self.tpool)
+        self._work_queue.max_wait_s = settings["MAX_QUEUE_WAIT_S"]
 
     def get_thread_pool(self):
         """Return gthread's executor: each task stamped when it is queued, and queued in an
@@ -325,14 +326,13 @@ class GuardedThreadWorker(ThreadWorker):
         # A refusal here costs a look at the request's bytes and a write; through a request
         # thread, gunicorn's parser and the WSGI middleware, several times that
         # (docs/performance.md).
-        work_queue = internals.work_queue(self.tpool)
-        for queued_at, item in work_queue.pop_expired():
+        for queued_at, item in self._work_queue.pop_expired():
             future, (_, _, conn) = internals.task_of(item)  # _run_stamped(stamp, handle, conn)
             answer = self._reads_ahead and overload.plain_refusal(
                 conn.received[:conn.request_end], time.monotonic() - queued_at,
                 self._settings["RETRY_AFTER_S"], self._is_work)
             if not answer:
-                work_queue.put_back(item)  # a request thread refuses it
+                self._work_queue.put_back(item)  # a request thread refuses it
                 continue
             try:
                 keep_alive = conn.sock.send(answer) == len(answer)

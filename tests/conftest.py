@@ -6,7 +6,7 @@ from app import create_app
 from dev import harness
 from dev.harness import start_upstream
 from services.db import init_db
-from tests.helpers import POSTGRES_URL, TEST_SIZE, missing, postgres_available
+from tests.helpers import POSTGRES_URL, Gunicorns, missing, postgres_available
 
 
 @pytest.fixture(scope="session")
@@ -47,32 +47,6 @@ def postgres_url():
     if not postgres_available():
         missing(f"no PostgreSQL at {POSTGRES_URL}")
     return POSTGRES_URL
-
-
-class Gunicorns:
-    """Starts real gunicorns as the tests run them, and stops every one it started.
-
-    `serve(api_url=None, **env)` starts gunicorn.conf.py's deployment with TEST_SIZE, reading
-    the shared upstream (or `api_url`) and a database in a directory of its own; `env`
-    overrides any setting. It returns dev.harness.Service (url, stop(), leftovers, ...)."""
-
-    def __init__(self, api_url, directory):
-        self._api_url = api_url
-        self._directory = directory
-        self._started = []
-
-    def __call__(self, api_url=None, **env):
-        data_dir = self._directory / f"gunicorn-{len(self._started)}"
-        data_dir.mkdir(exist_ok=True)
-        service = harness.start_gunicorn(api_url or self._api_url, data_dir,
-                                         **{**TEST_SIZE, **env})
-        self._started.append(service)
-        return service
-
-    def stop_all(self):
-        """Stop every gunicorn started (a stopped one again is a no-op)."""
-        for service in reversed(self._started):
-            service.stop()
 
 
 @pytest.fixture

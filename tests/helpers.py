@@ -1,5 +1,6 @@
 """What the tests share that is not a fixture: deadlines, timed requests, client runs, the size of
-the tests' deployments, and whether a real part is missing (skip, or fail under CI=true)."""
+the tests' deployments and starting them (Gunicorns), and whether a real part is missing (skip, or
+fail under CI=true)."""
 import functools
 import math
 import time
@@ -10,6 +11,7 @@ import requests
 
 from bench import workloads
 from config import ToolConfig
+from dev import harness
 from services import primes
 
 POSTGRES_URL = ToolConfig.POSTGRES_URL
@@ -37,14 +39,8 @@ def primes_lasting(cpu_s):
     """900-digit primes whose checks take about `cpu_s` seconds of CPU on this machine, counted
     from one check timed here: a fixed count ran inside a test's deadline on a faster machine."""
     one = gmpy2.mpz(big_primes(900, 1)[0])
-    best = min(_seconds(primes.is_prime, one) for _ in range(3))
-    return big_primes(900, math.ceil(cpu_s / best))
-
-
-def _seconds(fn, arg):
-    start = time.perf_counter()
-    fn(arg)
-    return time.perf_counter() - start
+    best_s = min(primes._time_us(primes.is_prime, one) for _ in range(3)) / 1e6
+    return big_primes(900, math.ceil(cpu_s / best_s))
 
 
 def run_clients(url, clients, per_client, timeout_s=30, headers=None):
@@ -78,6 +74,32 @@ def run_clients(url, clients, per_client, timeout_s=30, headers=None):
 
 # Smaller than the default deployment, so that tests running side by side fit on two cores.
 TEST_SIZE = {"WEB_WORKERS": 2, "WEB_THREADS": 32, "PROCESS_POOL_SIZE": 2}
+
+
+class Gunicorns:
+    """Starts real gunicorns as the tests run them, and stops every one it started.
+
+    `serve(api_url=None, **env)` starts gunicorn.conf.py's deployment with TEST_SIZE, reading
+    the shared upstream (or `api_url`) and a database in a directory of its own; `env`
+    overrides any setting. It returns dev.harness.Service (url, stop(), leftovers, ...)."""
+
+    def __init__(self, api_url, directory):
+        self._api_url = api_url
+        self._directory = directory
+        self._started = []
+
+    def __call__(self, api_url=None, **env):
+        data_dir = self._directory / f"gunicorn-{len(self._started)}"
+        data_dir.mkdir(exist_ok=True)
+        service = harness.start_gunicorn(api_url or self._api_url, data_dir,
+                                         **{**TEST_SIZE, **env})
+        self._started.append(service)
+        return service
+
+    def stop_all(self):
+        """Stop every gunicorn started (a stopped one again is a no-op)."""
+        for service in reversed(self._started):
+            service.stop()
 
 
 def postgres_available():
