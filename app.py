@@ -114,8 +114,9 @@ def index():
     mode = _choice("mode", READ_MODES)
     _choice("format", pages.FORMATS)
     sources = current_app.extensions["sources"]
+    on_loop = mode == "concurrent" and current_app.config["READ_LOOP"]
     outcomes = current_app.extensions["pools"].gather(
-        {name: source.read for name, source in sources.items()}, g.deadline,
+        {name: _read_of(source, on_loop) for name, source in sources.items()}, g.deadline,
         run_here=READ_IN_REQUEST_THREAD, sequential=mode == "sequential")
     timings = {name: round(outcome.elapsed_ms, 1) for name, outcome in outcomes.items()}
     timings["total"] = round((time.monotonic() - g.arrived) * 1000, 1)
@@ -234,6 +235,11 @@ def _check_primes(items):
         for position, result in zip(group, chunk):
             results[position] = result
     return jsonify(dict(zip(numbers, results)))
+
+
+def _read_of(source, on_loop):
+    # A source's coroutine waits on the event loop; its blocking read holds a thread.
+    return getattr(source, "read_async", source.read) if on_loop else source.read
 
 
 def _choice(arg, allowed):

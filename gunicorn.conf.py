@@ -7,7 +7,8 @@ The processes it starts, and the code each runs:
     |-- upstream API (make run only)    dev/upstream.py, started by dev/run.conf.py
     `-- worker x WEB_WORKERS            runtime/worker.py, app.py, pools.py, services/
         |-- request threads x WEB_THREADS   a request each; the API read runs here
-        |-- read threads (thread pool)      the file and database reads
+        |-- read-loop thread                the file and SQLite reads, their waits
+        |-- read threads (thread pool)      blocking reads (a database server)
         |-- resource tracker                multiprocessing's, for the process pool
         `-- forkserver                      started by post_worker_init, before pinning
             `-- pool child x PROCESS_POOL_SIZE   runtime/pool_child.py, services/primes.py

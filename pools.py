@@ -1,12 +1,13 @@
-"""The thread pool and the process pool of one serving process.
+"""The event loop, the thread pool and the process pool of one serving process.
 
-    request thread                 thread pool (I/O)                   sources
-    --------------                 -----------------                   -------
-    gather(calls, deadline,    --> admit (else Saturated: 503)
-           run_here=name)          submit every other call -------> file | SQL
+    request thread                 event loop | thread pool (I/O)      sources
+    --------------                 ------------------------------      -------
+    gather(calls, deadline,    --> coroutines: one task on the loop --> file | SQLite | waits
+           run_here=name)          blocking calls: admit (else 503),
+                                   a pool thread each -------------> SQL server | any
         run calls[name] itself ------------------------------------> HTTP
-        wait until done or deadline <-- Future per call <------------ value or error
-        cancel what has not started
+        wait until done or deadline <-- a Future each <------------- value or error
+        cancel what has not ended
 
     request thread                 CPU queue (cheapest batch first)   executor (processes or Dask)
     --------------                 --------------------------------   ----------------------------
@@ -17,17 +18,23 @@
         at the deadline: TimeoutError; queued chunks are cancelled, a running fn stops itself
         BrokenExecutor (a child died, no Dask scheduler): drop it (PoolRestarted: 503); build anew
 
+Reads that only wait are coroutines on one event loop thread (runtime/loop_thread.py): a wake-up
+of that thread serves every read that is ready, where each pool thread takes a wake-up, and the
+GIL, of its own. They pass no gate: the request threads that wait for them bound their number.
+
 The stdlib executors queue without bound and in arrival order, so a flood of big batches would
 hold every process for seconds and make a small batch wait behind them. The thread pool has a gate
 that admits at most `size + queue_limit` tasks and refuses the rest at once. CPU work waits in a
 queue of this module's, which gives the executor no more chunks than it has processes, takes the
 cheapest batch first (shortest job first: a small batch waits for one running chunk, not for the
 flood), and admits a batch only if its cost and the cost queued ahead of it fit in the cores by
-its deadline. Executors, gates and queues are per process (runtime.per_process): created on
+its deadline. The loop, executors, gates and queues are per process (runtime.per_process): created on
 first use in the process that uses them, never inherited across a fork.
 """
+import asyncio
 import contextvars
 import heapq
+import inspect
 import itertools
 import multiprocessing
 import os
@@ -41,6 +48,7 @@ from dataclasses import dataclass
 
 import telemetry
 from runtime import dask_executor, pool_child
+from runtime.loop_thread import LoopThread
 from runtime.per_process import PerProcess
 
 _instances = weakref.WeakSet()
@@ -240,6 +248,7 @@ class Pools:
         self._cpu_queue = PerProcess(lambda: _CpuQueue(process_size, self.process_pool))
         self._threads = PerProcess(self._new_thread_pool)
         self._processes = PerProcess(self._new_cpu_executor)
+        self._loop = PerProcess(lambda: LoopThread("read-loop", self.thread_pool()))
         _instances.add(self)
 
     def _new_thread_pool(self):
@@ -266,37 +275,57 @@ class Pools:
         creating it on first use."""
         return self._processes.get()
 
+    def event_loop(self):
+        """Return this process's event loop thread (runtime/loop_thread.py), starting it on first
+        use; its executor is the thread pool."""
+        return self._loop.get()
+
     def gather(self, calls, deadline, *, run_here=None, sequential=False):
         """Run each call(deadline) of a {name: call} dict and return {name: Outcome}, in order.
 
-        The thread pool runs the calls while this thread runs `calls[run_here]` itself (it would
-        otherwise only wait: one hand-off fewer); with sequential=True this thread runs them all,
-        one after another. A pooled call still running at the deadline is reported as
-        TimeoutError and one not yet started is cancelled; the calls bound their own I/O by the
-        deadline, so one run in this thread returns by then too.
+        A coroutine function runs on the event loop, any other call on the thread pool, while
+        this thread runs `calls[run_here]` itself (it would otherwise only wait: one hand-off
+        fewer); with sequential=True this thread runs them all, one after another (none may be a
+        coroutine function then). A call still running at the deadline is reported as
+        TimeoutError and cancelled; the calls bound their own I/O by the deadline, so one run in
+        this thread returns by then too.
         """
         start = time.monotonic()
         if sequential:
             return {name: _timed(name, call, deadline) for name, call in calls.items()}
-        pooled = [name for name in calls if name != run_here]
-        # Each task runs in a copy of this context, so its log lines carry the request id.
-        tasks = [(contextvars.copy_context().run, _timed, name, calls[name], deadline)
-                 for name in pooled]
-        futures = dict(zip(pooled, self._submit_all(self.thread_pool(), self._thread_gate.get(),
-                                                    tasks)))
+        others = [name for name in calls if name != run_here]
+        awaited = {name: calls[name] for name in others if inspect.iscoroutinefunction(calls[name])}
+        pooled = [name for name in others if name not in awaited]
+        futures = {}
+        if pooled:
+            # Each task runs in a copy of this context, so its log lines carry the request id
+            # (so does a coroutine: run_coroutine_threadsafe copies it).
+            tasks = [(contextvars.copy_context().run, _timed, name, calls[name], deadline)
+                     for name in pooled]
+            futures = dict(zip(pooled, self._submit_all(self.thread_pool(),
+                                                        self._thread_gate.get(), tasks)))
+        waits = list(futures.values())
+        arrived = {}  # the loop's outcomes, each as it ends
+        if awaited:
+            waits.append(self.event_loop().submit(_gather_async(awaited, deadline, arrived)))
         outcomes = {}
         if run_here is not None:
             outcomes[run_here] = _timed(run_here, calls[run_here], deadline)
-        wait(futures.values(), timeout=max(0.0, deadline - time.monotonic()))
-        for name, future in futures.items():
-            if future.done() and not future.cancelled():
+        wait(waits, timeout=max(0.0, deadline - time.monotonic()))
+        if awaited:
+            waits[-1].cancel()  # a no-op once all have ended
+            arrived = dict(arrived)  # what ended by now; a later one is a timeout
+        for name in others:
+            future = futures.get(name)
+            if name in arrived:
+                outcomes[name] = arrived[name]
+            elif future is not None and future.done() and not future.cancelled():
                 outcomes[name] = future.result()
             else:
-                future.cancel()
-                outcomes[name] = Outcome(error=TimeoutError("no answer within the deadline"),
-                                         elapsed_ms=(time.monotonic() - start) * 1000,
-                                         started=start)
-                _record(name, "timeout", outcomes[name])
+                if future is not None:
+                    future.cancel()
+                outcomes[name] = _ended(name, start, result="timeout",
+                                        error=TimeoutError("no answer within the deadline"))
         return {name: outcomes[name] for name in calls}
 
     def map_cpu(self, fn, chunks, deadline, *, costs=None, priority=0.0):
@@ -364,9 +393,9 @@ class Pools:
         return futures
 
     def warm(self):
-        """Start both pools, and the process pool's forkserver and all its children, now (or
-        connect to the Dask scheduler, if it is there yet)."""
-        self.thread_pool()
+        """Start both pools and the event loop, and the process pool's forkserver and all its
+        children, now (or connect to the Dask scheduler, if it is there yet)."""
+        self.event_loop()
         if self.dask_address is not None:
             try:
                 self.process_pool()
@@ -380,10 +409,14 @@ class Pools:
             future.result()
 
     def shutdown(self):
-        """Stop both executors of this process, waiting for the work they hold."""
+        """Stop the event loop (cancelling its reads) and both executors of this process,
+        waiting for the work they hold."""
         queue = self._cpu_queue.peek()
         if queue is not None:
             queue.cancel_all()
+        loop = self._loop.peek()
+        if loop is not None and self._loop.discard(loop):
+            loop.stop()
         for executors in (self._threads, self._processes):
             executor = executors.peek()
             if executor is not None and executors.discard(executor):
@@ -399,11 +432,30 @@ def shutdown_all():
 def _timed(name, call, deadline):
     start = time.monotonic()
     try:
-        outcome = Outcome(value=call(deadline), started=start)
+        value = call(deadline)
     except Exception as exc:  # a source's failure is reported, not raised, so the others survive
-        outcome = Outcome(error=exc, started=start)
-    outcome.elapsed_ms = (time.monotonic() - start) * 1000
-    _record(name, "ok" if outcome.error is None else "error", outcome)
+        return _ended(name, start, error=exc)
+    return _ended(name, start, value=value)
+
+
+async def _gather_async(calls, deadline, arrived):
+    async def timed(name, call):
+        start = time.monotonic()
+        try:
+            value = await call(deadline)
+        except Exception as exc:  # as in _timed
+            arrived[name] = _ended(name, start, error=exc)
+        else:
+            arrived[name] = _ended(name, start, value=value)
+
+    await asyncio.gather(*(timed(name, call) for name, call in calls.items()))
+
+
+def _ended(name, start, value=None, error=None, result=None):
+    """The Outcome of a call that started at `start` and ends now, recorded."""
+    outcome = Outcome(value=value, error=error, started=start,
+                      elapsed_ms=(time.monotonic() - start) * 1000)
+    _record(name, result or ("ok" if error is None else "error"), outcome)
     return outcome
 
 

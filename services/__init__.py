@@ -1,4 +1,10 @@
-"""The sources that GET / reads and the prime checks of /is_prime, one module each."""
+"""The sources that GET / reads and the prime checks of /is_prime, one module each.
+
+A source has `read(deadline)`, which blocks (a request thread or a pool thread runs it), and may
+have `read_async(deadline)`, a coroutine for the worker's event loop (runtime/loop_thread.py),
+which must not block it.
+"""
+import asyncio
 import time
 
 
@@ -6,9 +12,24 @@ def simulate_latency(delay_s, deadline):
     """Sleep the configured extra latency of a source, but never past the request's deadline."""
     if delay_s <= 0:
         return
-    remaining = deadline - time.monotonic()
-    time.sleep(max(0.0, min(delay_s, remaining)))
-    if delay_s > remaining:
+    time.sleep(_latency_left(delay_s, deadline))
+    _check_latency(delay_s, deadline)
+
+
+async def simulate_latency_async(delay_s, deadline):
+    """simulate_latency, as a timer of the event loop instead of a sleeping thread."""
+    if delay_s <= 0:
+        return
+    await asyncio.sleep(_latency_left(delay_s, deadline))
+    _check_latency(delay_s, deadline)
+
+
+def _latency_left(delay_s, deadline):
+    return max(0.0, min(delay_s, deadline - time.monotonic()))
+
+
+def _check_latency(delay_s, deadline):
+    if time.monotonic() >= deadline:
         raise TimeoutError("the simulated latency outlasted the request deadline")
 
 

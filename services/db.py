@@ -1,4 +1,5 @@
 """The database source: one SQL query through SQLAlchemy Core, on SQLite or any SQLAlchemy URL."""
+import asyncio
 import math
 from pathlib import Path
 
@@ -7,7 +8,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, 
 from sqlalchemy.engine import make_url
 
 from runtime.per_process import PerProcess
-from services import remaining, simulate_latency
+from services import remaining, simulate_latency, simulate_latency_async
 
 metadata = MetaData()
 quotes = Table(
@@ -70,6 +71,13 @@ class DbSource:
         self.delay_s = delay_s
         self.timeout_s = timeout_s
         self._engine = PerProcess(lambda: make_engine(url, pool_size, timeout_s))
+        # SQLite in a file answers without a wait unless a writer holds its lock, so the event
+        # loop may run the query, through an engine that never waits for the lock (a timeout of
+        # 0). An in-memory database is private to each connection: it gets none.
+        self._engine_nowait = None
+        parts = make_url(url)
+        if parts.get_backend_name() == "sqlite" and parts.database not in (None, "", ":memory:"):
+            self._engine_nowait = PerProcess(lambda: make_engine(url, 1, 0.0))
 
     def engine(self):
         """Return this process's engine; a forked child builds its own, never sharing sockets."""
@@ -78,14 +86,31 @@ class DbSource:
     def read(self, deadline):
         """Return the first quote as a dict."""
         simulate_latency(self.delay_s, deadline)
+        return self._query(self.engine())
+
+    async def read_async(self, deadline):
+        """read() on the event loop. The query runs on the loop when it cannot wait (SQLite, its
+        lock free); otherwise on the loop's executor, the thread pool, so that no wait for a
+        server or a lock holds up the other requests' reads."""
+        await simulate_latency_async(self.delay_s, deadline)
+        if self._engine_nowait is not None:
+            try:
+                return self._query(self._engine_nowait.get())
+            except TimeoutError:  # "database is locked": a writer holds it
+                pass
+        return await asyncio.get_running_loop().run_in_executor(None, self._query, self.engine())
+
+    def _query(self, engine):
         try:
-            with self.engine().connect() as conn:
+            with engine.connect() as conn:
                 return dict(conn.execute(FIRST_QUOTE).mappings().one())
         except sqlalchemy.exc.TimeoutError as exc:  # no pooled connection came free in time
             raise TimeoutError(f"no database connection within {self.timeout_s} s") from exc
         except sqlalchemy.exc.OperationalError as exc:
             if "statement timeout" in str(exc):
                 raise TimeoutError("the query outlasted the statement timeout") from exc
+            if "database is locked" in str(exc):
+                raise TimeoutError("the database stayed locked by a writer") from exc
             raise
 
     def check(self, deadline):

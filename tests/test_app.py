@@ -27,6 +27,15 @@ def test_index_returns_all_three_results(client):
     assert set(body["timings_ms"]) == {"file", "db", "api", "total"}
 
 
+@pytest.mark.parametrize("read_loop", [True, False])
+def test_index_reads_on_the_event_loop_without_a_pool_thread_unless_turned_off(app, read_loop):
+    app.config["READ_LOOP"] = read_loop
+    body = app.test_client().get("/").get_json()
+    assert body["result_db"]["author"] == "Rob Pike" and body["result_file"]
+    thread_pool = app.extensions["pools"].thread_pool()
+    assert (len(thread_pool._threads) == 0) is read_loop
+
+
 def test_index_server_timing_header_matches_the_body(client):
     response = client.get("/")
     timings = response.get_json()["timings_ms"]

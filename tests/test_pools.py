@@ -1,4 +1,5 @@
 """The pools: concurrency, deadlines, fork safety and a rebuilt process pool."""
+import asyncio
 import functools
 import os
 import signal
@@ -31,6 +32,19 @@ def sleeper(seconds, value=None):
 def failing(deadline):
     """A call for gather() that raises."""
     raise OSError("disk on fire")
+
+
+def waiter(seconds, value=None, cancelled=None):
+    """A coroutine function for gather() that waits on the event loop, then returns `value`;
+    sets the `cancelled` event if it is cancelled."""
+    async def call(deadline):
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return value, threading.current_thread().name, telemetry.current_request_id()
+    return call
 
 
 @pytest.fixture
@@ -79,6 +93,46 @@ def test_gather_stops_waiting_at_the_deadline(pool_pair):
     assert outcomes["fast"].value == 1
 
 
+def test_gather_runs_coroutines_together_on_the_event_loop_beside_the_others(pool_pair):
+    telemetry.set_request_id("rid-from-caller")
+    calls = {"a": waiter(SLEEP_S, "a"), "b": waiter(SLEEP_S, "b"), "pooled": sleeper(SLEEP_S, 1),
+             "own": sleeper(0, 2)}
+    start = time.monotonic()
+    outcomes = pool_pair.gather(calls, far(), run_here="own")
+    assert time.monotonic() - start < 2 * SLEEP_S
+    assert list(outcomes) == list(calls)
+    assert outcomes["a"].value == ("a", "read-loop", "rid-from-caller")
+    assert outcomes["b"].value[:2] == ("b", "read-loop")
+    assert outcomes["b"].elapsed_ms >= SLEEP_S * 1000 * 0.9
+    assert (outcomes["pooled"].value, outcomes["own"].value) == (1, 2)
+
+
+def test_a_coroutine_past_the_deadline_is_cancelled_and_reported_as_a_timeout(pool_pair):
+    cancelled = threading.Event()
+    start = time.monotonic()
+    outcomes = pool_pair.gather({"slow": waiter(5, cancelled=cancelled), "fast": waiter(0, 1)},
+                                start + SLEEP_S)
+    assert time.monotonic() - start < SLEEP_S + 0.15
+    assert isinstance(outcomes["slow"].error, TimeoutError)
+    assert outcomes["fast"].value[0] == 1
+    assert cancelled.wait(1.0)
+
+
+def test_a_coroutine_that_fails_is_reported_and_keeps_the_others(pool_pair):
+    async def broken(deadline):
+        raise OSError("disk on fire")
+    outcomes = pool_pair.gather({"bad": broken, "ok": waiter(0, 1)}, far())
+    assert isinstance(outcomes["bad"].error, OSError) and outcomes["ok"].value[0] == 1
+
+
+def test_shutdown_cancels_what_waits_on_the_event_loop_and_stops_it(pool_pair):
+    cancelled = threading.Event()
+    pool_pair.event_loop().submit(waiter(60, cancelled=cancelled)(far()))
+    pool_pair.shutdown()
+    assert cancelled.is_set()
+    assert "read-loop" not in {thread.name for thread in threading.enumerate()}
+
+
 def test_gather_cancels_calls_not_started_by_the_deadline():
     ran = []
     single = pools.Pools(thread_size=1, process_size=1, thread_queue=1)
@@ -113,12 +167,14 @@ def test_a_killed_pool_process_gives_pool_restarted_then_a_new_pool(pool_pair):
 
 
 def test_pools_are_not_inherited_across_fork(pool_pair):
-    parent_pool = pool_pair.thread_pool()
+    parent_pool, parent_loop = pool_pair.thread_pool(), pool_pair.event_loop()
     read_end, write_end = os.pipe()
     child = os.fork()
-    if child == 0:  # the child reports whether it got a fresh pool that works
+    if child == 0:  # the child reports whether it got a fresh pool and loop that work
         ok = pool_pair.thread_pool() is not parent_pool
-        ok = ok and pool_pair.gather({"x": sleeper(0, 1)}, time.monotonic() + 5)["x"].value == 1
+        ok = ok and pool_pair.event_loop() is not parent_loop
+        outcomes = pool_pair.gather({"x": sleeper(0, 1), "y": waiter(0, 2)}, time.monotonic() + 5)
+        ok = ok and outcomes["x"].value == 1 and outcomes["y"].value[0] == 2
         os.write(write_end, b"1" if ok else b"0")
         os._exit(0)
     os.close(write_end)

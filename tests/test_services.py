@@ -1,30 +1,59 @@
 """The three sources of GET / against real parts: a file, SQLite and PostgreSQL, the upstream."""
+import asyncio
 import socket
+import sqlite3
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, event, func, select, text
 
 from dev.harness import free_port
-from services import simulate_latency
+from services import simulate_latency, simulate_latency_async
 from services.api import ApiSource
 from services.db import SEED_ROWS, DbSource, init_db, quotes
 from services.files import FileSource
 from tests.helpers import far
 
 
-def test_file_source_reads_the_file(tmp_path):
+def read_on(way, source, deadline):
+    """source.read(deadline), blocking or as its coroutine on an event loop of its own."""
+    if way == "blocking":
+        return source.read(deadline)
+    return asyncio.run(source.read_async(deadline))
+
+
+async def _while_ticking(coroutine, tick_s=0.02):
+    """Await `coroutine`; return its value and how often the loop ran a 20 ms timer meanwhile."""
+    ticks = 0
+
+    async def tick():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(tick_s)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    try:
+        return await coroutine, ticks
+    finally:
+        ticker.cancel()
+
+
+@pytest.mark.parametrize("way", ["blocking", "on the loop"])
+def test_file_source_reads_the_file(way, tmp_path):
     path = tmp_path / "data.txt"
     path.write_text("  hello file \n", encoding="utf-8")
-    assert FileSource(path).read(far()) == "hello file"
+    assert read_on(way, FileSource(path), far()) == "hello file"
 
 
-def test_file_source_waits_its_delay(tmp_path):
+@pytest.mark.parametrize("way", ["blocking", "on the loop"])
+def test_file_source_waits_its_delay(way, tmp_path):
     path = tmp_path / "data.txt"
     path.write_text("x", encoding="utf-8")
     start = time.monotonic()
-    FileSource(path, delay_s=0.1).read(far())
+    read_on(way, FileSource(path, delay_s=0.1), far())
     assert time.monotonic() - start >= 0.1
 
 
@@ -33,21 +62,24 @@ def test_file_source_missing_file_raises(tmp_path):
         FileSource(tmp_path / "missing.txt").read(far())
 
 
-def test_simulated_latency_stops_at_the_deadline():
+@pytest.mark.parametrize("sleep", [simulate_latency,
+                                   lambda *args: asyncio.run(simulate_latency_async(*args))])
+def test_simulated_latency_stops_at_the_deadline(sleep):
     start = time.monotonic()
     with pytest.raises(TimeoutError):
-        simulate_latency(5, start + 0.1)
+        sleep(5, start + 0.1)
     assert time.monotonic() - start < 0.5
 
 
+@pytest.mark.parametrize("way", ["blocking", "on the loop"])
 @pytest.mark.parametrize("url_kind", ["sqlite", "postgresql"])
-def test_db_source_reads_the_seeded_row(url_kind, tmp_path, request):
+def test_db_source_reads_the_seeded_row(url_kind, way, tmp_path, request):
     url = f"sqlite:///{tmp_path / 'sub' / 'app.db'}" if url_kind == "sqlite" else (
         request.getfixturevalue("postgres_url"))
     init_db(url)
     init_db(url)  # a second start must not seed twice
     source = DbSource(url)
-    assert source.read(far()) == SEED_ROWS[0]
+    assert read_on(way, source, far()) == SEED_ROWS[0]
     with source.engine().connect() as conn:
         assert conn.execute(select(func.count()).select_from(quotes)).scalar_one() == len(SEED_ROWS)
     source.engine().dispose()
@@ -64,6 +96,43 @@ def test_db_read_waits_no_longer_than_the_timeout_for_a_connection(tmp_path):
         assert 0.2 <= time.monotonic() - start < 1
     assert source.read(far()) == SEED_ROWS[0]
     source.engine().dispose()
+
+
+def test_sqlite_locked_by_a_writer_is_read_off_the_loop_once_the_writer_is_done(tmp_path):
+    path = tmp_path / "app.db"
+    init_db(f"sqlite:///{path}")
+    source = DbSource(f"sqlite:///{path}", timeout_s=2.0)
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("BEGIN EXCLUSIVE")
+    threading.Timer(0.3, writer.rollback).start()
+
+    async def main():
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(1))
+        return await _while_ticking(source.read_async(far()))
+
+    start = time.monotonic()
+    row, ticks = asyncio.run(main())
+    assert row == SEED_ROWS[0] and time.monotonic() - start >= 0.25
+    assert ticks >= 5  # the loop went on with its timers while the query waited for the lock
+    writer.close()
+
+
+def test_a_database_server_is_queried_off_the_loop(postgres_url):
+    init_db(postgres_url)
+    source = DbSource(postgres_url)
+    threads = []
+    event.listen(source.engine(), "before_cursor_execute",
+                 lambda *args: threads.append(threading.current_thread().name))
+
+    async def main():
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(1, "pool"))
+        return await source.read_async(far())
+
+    try:
+        assert asyncio.run(main()) == SEED_ROWS[0]
+        assert threads and all(name.startswith("pool") for name in threads)
+    finally:
+        source.engine().dispose()
 
 
 def test_db_read_blocked_past_the_statement_timeout_is_a_timeout(postgres_url):
