@@ -62,6 +62,9 @@ def measure(api_url, data_dir):
     def noop(_deadline):
         return None
 
+    async def noop_async(_deadline):
+        return None
+
     histogram = telemetry.REQUEST_SECONDS.labels("/", "GET", 200)
     parts = {
         "HTTP parsing: runtime/reader.py and gunicorn's parser": cpu_us(parse),
@@ -71,6 +74,9 @@ def measure(api_url, data_dir):
         "file read": cpu_us(lambda: sources["file"].read(far())),
         "pool hand-offs: gather of 3 calls, 2 on the thread pool": cpu_us(
             lambda: pools.gather({"file": noop, "db": noop, "api": noop}, far(),
+                                 run_here="api")),
+        "loop hand-offs: gather of 3 calls, 2 on the event loop": cpu_us(
+            lambda: pools.gather({"file": noop_async, "db": noop_async, "api": noop}, far(),
                                  run_here="api")),
         "metrics: one histogram observation": cpu_us(lambda: histogram.observe(0.3)),
     }

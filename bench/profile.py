@@ -51,8 +51,9 @@ PARTS = {
     "Flask and Werkzeug": ("flask/", "werkzeug/", "blinker/", "itsdangerous/"),
     "JSON": ("json/",),
     "the app's own code (app.py, pages.py)": ("app.py", "pages.py"),
-    "pool hand-offs and futures (pools.py, concurrent.futures)": (
-        "pools.py", "concurrent/futures/", "queue.py", "runtime/per_process.py", "contextvars"),
+    "hand-offs: pools, futures, the event loop (pools.py, concurrent.futures, asyncio)": (
+        "pools.py", "concurrent/futures/", "queue.py", "runtime/per_process.py", "contextvars",
+        "asyncio/", "runtime/loop_thread.py"),
     "SQL (SQLAlchemy, sqlite3)": ("sqlalchemy/", "services/db.py", "sqlite3/"),
     "HTTP read (http.client)": ("http/client.py", "email/", "services/api.py"),
     "file read": ("services/files.py", "pathlib.py", "codecs.py", "<frozen codecs>"),

@@ -11,11 +11,13 @@ from dev import harness
 WORKER = "ThreadWorker.run (gunicorn/workers/gthread.py:425)"
 VIEW = (f"{WORKER};_run_stamped (runtime/worker.py:376);Flask.wsgi_app (flask/app.py:1511);"
         "index (app.py:148)")
+HAND_OFFS = "hand-offs: pools, futures, the event loop (pools.py, concurrent.futures, asyncio)"
 
 
 @pytest.mark.parametrize("stack, part", [
-    (f"{VIEW};Pools.gather (pools.py:302);wait (concurrent/futures/_base.py:263)",
-     "pool hand-offs and futures (pools.py, concurrent.futures)"),
+    (f"{VIEW};Pools.gather (pools.py:302);wait (concurrent/futures/_base.py:263)", HAND_OFFS),
+    ("Thread.run (threading.py:982);BaseEventLoop.run_forever (asyncio/base_events.py:608);"
+     "BaseEventLoop._run_once (asyncio/base_events.py:1922)", HAND_OFFS),
     (f"{VIEW};jsonify (flask/json/__init__.py:170);dumps (json/__init__.py:238)", "JSON"),
     ("_worker (concurrent/futures/thread.py:83);_timed (pools.py:427);DbSource.read "
      "(services/db.py:83);Connection.execute (sqlalchemy/engine/base.py:1494);"
@@ -56,7 +58,7 @@ def test_every_part_is_timed_alone(upstream, tmp_path):
     out = subprocess.run([sys.executable, "-m", "bench.parts", upstream.url + "/", str(tmp_path)],
                          cwd=harness.ROOT, capture_output=True, text=True, timeout=120, check=True)
     parts = json.loads(out.stdout)
-    assert len(parts) == 7 and all(us > 0 for us in parts.values())
+    assert len(parts) == 8 and all(us > 0 for us in parts.values())
     whole = parts["the app's GET / through WSGI, sources included"]
     assert whole > parts["API read: http.client GET from the upstream"] \
         + parts["SQL read: SQLAlchemy, SQLite"]
