@@ -88,7 +88,7 @@ def create_app(test_config=None):
 
 def _start_request():
     g.request_id = telemetry.set_request_id(request.headers.get(telemetry.REQUEST_ID_HEADER))
-    # The budget starts when gunicorn queued the request, not when a thread picked it up.
+    # The budget starts when the request arrived, not when a thread picked it up.
     g.arrived = worker.queued_since() or time.monotonic()
     g.deadline = g.arrived + current_app.config["REQUEST_TIMEOUT_S"]
 

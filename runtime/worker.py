@@ -13,10 +13,13 @@ request instead of no longer accepting, so idle sockets cannot keep new clients 
 answered here is closed as nginx's lingering close does: half-closed, then drained for up to
 LINGER_S without blocking, so the client reads the answer instead of a reset.
 
-Queue stamps. gthread hands every readable connection to a ThreadPoolExecutor whose queue has no
-bound; a request that waits there is invisible to the app, so under overload latency would grow
-with no sign. `get_thread_pool` returns an executor that stamps each hand-off: the app counts the
-wait (`queued_since`) against the request's deadline and sheds what is already too late.
+Arrival stamps. gthread hands every readable connection to a ThreadPoolExecutor whose queue has
+no bound; a request that waits there is invisible to the app, so under overload latency would
+grow with no sign. `get_thread_pool` returns an executor that stamps each hand-off with when the
+request arrived: when the kernel received its last bytes (TCP_INFO), for under load they wait
+in the socket for the poller thread too (hundreds of ms at 2000 clients here; uncounted, they
+made 200s that reached the client after its deadline). The app counts the wait (`queued_since`)
+against the request's deadline and sheds what is already too late.
 
 Adaptive LIFO. The same executor's queue serves the oldest request first while it keeps
 emptying, and the newest once it is congested. A request that waited past MAX_QUEUE_WAIT_S is
@@ -49,6 +52,7 @@ and HTTP/2 with prior knowledge are left to gthread's own reading (the bytes are
 """
 import selectors
 import socket
+import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -68,6 +72,9 @@ ACCEPT_YIELD_S = 0.01
 SWEEP_S = 0.25
 LINGER_S = 2.0  # how long a connection answered by the poller is drained before it is closed
 RECV_BYTES = 256 * 1024
+# struct tcp_info (linux/tcp.h): 8 one-byte fields, then u32s; tcpi_last_data_recv is the 12th.
+_TCPI_LAST_DATA_RECV = 8 + 11 * 4
+_TCP_INFO_BYTES = 104
 
 
 def queued_since():
@@ -246,6 +253,7 @@ class GuardedThreadWorker(ThreadWorker):
         # The bytes, and where the request ends in them, stay on the connection for
         # _refuse_expired, which answers a request that never reached a thread.
         conn.received, conn.request_end = bytes(reader.buf), reader.complete_at
+        conn.arrived = arrival(conn.sock, time.monotonic())
         conn.parser = http.get_parser(self.cfg, [conn.received], conn.client)
         conn.initialized = conn.data_ready = True
         self._in_threads += 1
@@ -358,6 +366,16 @@ class GuardedThreadWorker(ThreadWorker):
         return self.nr_conns - len(self.keepalived_conns) - len(self.pending_conns)
 
 
+def arrival(sock, now):
+    """When the last bytes read from `sock` reached this host, on the monotonic clock: `now`
+    less the milliseconds TCP_INFO says have passed since (Linux), else `now`."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_BYTES)
+        return now - struct.unpack_from("I", info, _TCPI_LAST_DATA_RECV)[0] / 1000
+    except (AttributeError, OSError, struct.error):  # no TCP_INFO here, or not a TCP socket
+        return now
+
+
 def _peer(conn):
     host, port = conn.client[:2] if isinstance(conn.client, tuple) else (conn.client, "")
     return f"{host}:{port}"
@@ -370,7 +388,9 @@ class _StampingExecutor(ThreadPoolExecutor):
         internals.set_work_queue(self, overload.AdaptiveLifoQueue())
 
     def submit(self, fn, /, *args, **kwargs):
-        return super().submit(_run_stamped, time.monotonic(), fn, *args, **kwargs)
+        # gthread submits (handle, conn); a connection read here knows when it arrived.
+        stamp = getattr(args[0], "arrived", None) if args else None
+        return super().submit(_run_stamped, stamp or time.monotonic(), fn, *args, **kwargs)
 
 
 def _run_stamped(stamp, fn, *args, **kwargs):

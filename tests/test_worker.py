@@ -26,6 +26,35 @@ def test_tasks_see_when_they_were_queued():
         executor.shutdown()
 
 
+def test_a_request_arrived_when_its_bytes_reached_the_host_not_when_they_were_read():
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    try:
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.3)  # the bytes wait in the socket, as for a busy poller thread
+        server.recv(1024)
+        now = time.monotonic()
+        assert now - 0.4 < worker.arrival(server, now) <= now - 0.25
+        left, right = socket.socketpair()  # no TCP_INFO: arrival is now
+        assert worker.arrival(left, now) == now
+        left.close(), right.close()
+    finally:
+        for sock in (client, server, listener):
+            sock.close()
+
+
+def test_a_connection_stamps_its_task_with_its_arrival():
+    class Conn:
+        arrived = time.monotonic() - 1.5
+
+    executor = worker._StampingExecutor(max_workers=1)
+    try:
+        assert executor.submit(lambda conn: worker.queued_since(), Conn()).result(5) == Conn.arrived
+    finally:
+        executor.shutdown()
+
+
 def test_outside_a_stamped_task_there_is_no_stamp():
     assert worker.queued_since() is None
     executor = worker._StampingExecutor(max_workers=1)
