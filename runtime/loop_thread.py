@@ -10,6 +10,8 @@ hands anything that does to the loop's default executor, the caller's thread poo
 import asyncio
 import threading
 
+STOP_TIMEOUT_S = 5.0  # how long stop() waits for cancelled coroutines, then for the thread
+
 
 class LoopThread:
     """Runs one event loop in a daemon thread; coroutines are submitted from other threads."""
@@ -31,10 +33,14 @@ class LoopThread:
         shuts its default executor down (without waiting)."""
         if self._loop.is_closed():
             return
-        self.submit(_cancel_others()).result()
+        try:
+            self.submit(_cancel_others()).result(STOP_TIMEOUT_S)
+        except TimeoutError:  # a coroutine that ignores its cancellation: stop anyway
+            pass
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        self._thread.join(STOP_TIMEOUT_S)
+        if not self._thread.is_alive():  # a loop still running cannot be closed
+            self._loop.close()
 
 
 async def _cancel_others():
