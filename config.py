@@ -108,9 +108,10 @@ class Config:
     API_DELAY_MS = env_int("API_DELAY_MS", 300)
 
     # Time budget of one request, counted from when its bytes arrived (runtime/worker.py); every
-    # read gets what is left. Under overload a worker serves the newest waiting request first, and refuses (503,
-    # before Flask) one that has waited longer than MAX_QUEUE_WAIT_S (runtime/overload.py): at
-    # most 1 s of the 2 s goes to waiting, and a GET / served after it (0.3 s) is still in time.
+    # read gets what is left. Under overload a worker serves the newest waiting request first,
+    # and refuses (503, before Flask) one that has waited longer than MAX_QUEUE_WAIT_S
+    # (runtime/overload.py): at most 1 s of the 2 s goes to waiting, and a GET / served after it
+    # (0.3 s) is still in time.
     REQUEST_TIMEOUT_S = env_float("REQUEST_TIMEOUT_S", 2.0)
     MAX_QUEUE_WAIT_S = env_float("MAX_QUEUE_WAIT_S", 1.0)
     RETRY_AFTER_S = env_int("RETRY_AFTER_S", 1)

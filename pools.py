@@ -28,8 +28,8 @@ that admits at most `size + queue_limit` tasks and refuses the rest at once. CPU
 queue of this module's, which gives the executor no more chunks than it has processes, takes the
 cheapest batch first (shortest job first: a small batch waits for one running chunk, not for the
 flood), and admits a batch only if its cost and the cost queued ahead of it fit in the cores by
-its deadline. The loop, executors, gates and queues are per process (runtime.per_process): created on
-first use in the process that uses them, never inherited across a fork.
+its deadline. The loop, executors, gates and queues are per process (runtime.per_process):
+created on first use in the process that uses them, never inherited across a fork.
 """
 import asyncio
 import contextvars
