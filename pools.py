@@ -98,6 +98,7 @@ class _Gate:
         self.capacity = size + queue_limit
         self._held = 0
         self._lock = threading.Lock()
+        self._publish()  # zeros until the first task: a pool that idles is still on /metrics
 
     def enter(self, n):
         with self._lock:
@@ -396,6 +397,7 @@ class Pools:
         """Start both pools and the event loop, and the process pool's forkserver and all its
         children, now (or connect to the Dask scheduler, if it is there yet)."""
         self.event_loop()
+        self._thread_gate.get()
         if self.dask_address is not None:
             try:
                 self.process_pool()

@@ -237,8 +237,10 @@ def test_metrics_add_up_over_workers(serve):
         assert name in metrics
 
 
-def test_request_id_is_echoed_and_logged_from_pool_threads(serve):
-    service = serve(FILE_PATH="/nonexistent/data.txt")  # the file is read on a pool thread
+@pytest.mark.parametrize("read_loop, reader", [(True, "[read-loop]"), (False, "[read_")])
+def test_request_id_is_echoed_and_logged_from_the_thread_that_read(serve, read_loop, reader):
+    # The file is read on the worker's event loop, or on a pool thread with READ_LOOP off.
+    service = serve(FILE_PATH="/nonexistent/data.txt", READ_LOOP=read_loop)
     response, _ = timed_get(service.url + "/", headers={"X-Request-ID": "trace-abc-123"})
     assert response.headers["X-Request-ID"] == "trace-abc-123"
     generated = timed_get(service.url + "/healthz")[0].headers["X-Request-ID"]
@@ -247,7 +249,7 @@ def test_request_id_is_echoed_and_logged_from_pool_threads(serve):
     assert bad.headers["X-Request-ID"] != "no spaces\tor tabs"
     time.sleep(0.2)
     lines = [line for line in service.output().splitlines() if "trace-abc-123" in line]
-    assert any("[read_" in line and "source file" in line for line in lines), lines
+    assert any(reader in line and "source file" in line for line in lines), lines
     assert any("GET / 502" in line for line in lines), lines
 
 
