@@ -73,7 +73,7 @@ def create_app(test_config=None):
 
     app.extensions["openapi"] = openapi.document(cfg)
     app.register_blueprint(bp)
-    overload.init_app(app, worker.queued_since)
+    overload.init_app(app, worker.arrived_at)
     app.before_request(_start_request)
     app.after_request(_finish_request)
     app.register_error_handler(HTTPException, _http_error)
@@ -89,7 +89,7 @@ def create_app(test_config=None):
 def _start_request():
     g.request_id = telemetry.set_request_id(request.headers.get(telemetry.REQUEST_ID_HEADER))
     # The budget starts when the request arrived, not when a thread picked it up.
-    g.arrived = worker.queued_since() or time.monotonic()
+    g.arrived = worker.arrived_at() or time.monotonic()
     g.deadline = g.arrived + current_app.config["REQUEST_TIMEOUT_S"]
 
 

@@ -83,10 +83,10 @@ def work_paths(app):
     return lambda path: path in exact or path.startswith(prefixes)
 
 
-def init_app(app, queued_since):
+def init_app(app, arrived_at):
     """Refuse in front of `app` the work requests that waited too long (ShedBeforeApp), once
     its routes are registered; the worker finds the same test of paths in app.extensions."""
-    app.wsgi_app = ShedBeforeApp(app.wsgi_app, app.config, queued_since, work_paths(app))
+    app.wsgi_app = ShedBeforeApp(app.wsgi_app, app.config, arrived_at, work_paths(app))
     app.extensions["overload"] = app.wsgi_app
 
 
@@ -100,15 +100,15 @@ class ShedBeforeApp:
     """WSGI middleware: answers 503 for a work request that waited longer than MAX_QUEUE_WAIT_S
     for a thread, without running Flask (AdaptiveLifoQueue makes the others the ones that wait)."""
 
-    def __init__(self, wsgi_app, config, queued_since, is_work):
+    def __init__(self, wsgi_app, config, arrived_at, is_work):
         self._app = wsgi_app
         self._config = config  # read per request: tests and operators may change it live
-        self._queued_since = queued_since
+        self._arrived_at = arrived_at
         self.is_work = is_work
 
     def __call__(self, environ, start_response):
         """Refuse, or pass the request on to the app."""
-        stamp = self._queued_since()
+        stamp = self._arrived_at()
         if stamp and self.is_work(environ.get("PATH_INFO", "")):
             waited = time.monotonic() - stamp
             if waited > self._config["MAX_QUEUE_WAIT_S"]:

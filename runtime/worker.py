@@ -18,7 +18,7 @@ no bound; a request that waits there is invisible to the app, so under overload 
 grow with no sign. `get_thread_pool` returns an executor that stamps each hand-off with when the
 request arrived: when the kernel received its last bytes (TCP_INFO), for under load they wait
 in the socket for the poller thread too (hundreds of ms at 2000 clients here; uncounted, they
-made 200s that reached the client after its deadline). The app counts the wait (`queued_since`)
+made 200s that reached the client after its deadline). The app counts the wait (`arrived_at`)
 against the request's deadline and sheds what is already too late.
 
 Adaptive LIFO. The same executor's queue serves the oldest request first while it keeps
@@ -77,9 +77,10 @@ _TCPI_LAST_DATA_RECV = 8 + 11 * 4
 _TCP_INFO_BYTES = 104
 
 
-def queued_since():
-    """Monotonic time at which gunicorn queued the current request, or None outside this worker."""
-    return getattr(_local, "queued_since", None)
+def arrived_at():
+    """Monotonic time at which the current request arrived (see Arrival stamps), or None outside
+    this worker."""
+    return getattr(_local, "arrived_at", None)
 
 
 class GuardedThreadWorker(ThreadWorker):
@@ -110,8 +111,8 @@ class GuardedThreadWorker(ThreadWorker):
         self._work_queue.max_wait_s = settings["MAX_QUEUE_WAIT_S"]
 
     def get_thread_pool(self):
-        """Return gthread's executor: each task stamped when it is queued, and queued in an
-        AdaptiveLifoQueue."""
+        """Return gthread's executor: each task stamped with when its request arrived, and queued
+        in an AdaptiveLifoQueue."""
         return _StampingExecutor(max_workers=self.cfg.threads, thread_name_prefix="request")
 
     def accept(self, listener):
@@ -394,8 +395,8 @@ class _StampingExecutor(ThreadPoolExecutor):
 
 
 def _run_stamped(stamp, fn, *args, **kwargs):
-    _local.queued_since = stamp
+    _local.arrived_at = stamp
     try:
         return fn(*args, **kwargs)
     finally:
-        _local.queued_since = None
+        _local.arrived_at = None

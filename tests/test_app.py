@@ -176,12 +176,12 @@ def test_a_request_queued_too_long_is_shed_with_503_before_flask(app, client):
     app.config["MAX_QUEUE_WAIT_S"] = 0.25
     flask_saw = []
     app.before_request(lambda: flask_saw.append(request.path))
-    worker._local.queued_since = time.monotonic() - 1.0
+    worker._local.arrived_at = time.monotonic() - 1.0
     try:
         response = client.get("/is_prime/7", headers={"X-Request-ID": "shed-1"})
         health = client.get("/healthz")
     finally:
-        worker._local.queued_since = None
+        worker._local.arrived_at = None
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert "overloaded" in response.get_json()["error"]
     assert response.headers["X-Request-ID"] == "shed-1"
@@ -191,11 +191,11 @@ def test_a_request_queued_too_long_is_shed_with_503_before_flask(app, client):
 
 def test_a_request_whose_budget_ran_out_in_the_queue_gets_504(app, client):
     app.config["MAX_QUEUE_WAIT_S"] = 10  # not shed, so it runs out of time instead
-    worker._local.queued_since = time.monotonic() - app.config["REQUEST_TIMEOUT_S"] - 0.1
+    worker._local.arrived_at = time.monotonic() - app.config["REQUEST_TIMEOUT_S"] - 0.1
     try:
         response = client.get("/")
     finally:
-        worker._local.queued_since = None
+        worker._local.arrived_at = None
     assert response.status_code == 504
     assert "deadline" in response.get_json()["errors"]["api"]
 

@@ -17,7 +17,7 @@ def test_tasks_see_when_they_were_queued():
         gate = threading.Event()
         executor.submit(gate.wait)  # keeps the only thread busy, so the next task queues
         queued_at = time.monotonic()
-        later = executor.submit(worker.queued_since)
+        later = executor.submit(worker.arrived_at)
         time.sleep(0.2)
         gate.set()
         stamp = later.result(timeout=5)
@@ -52,16 +52,16 @@ def test_a_connection_stamps_its_task_with_its_arrival():
 
     executor = worker._StampingExecutor(max_workers=1)
     try:
-        assert executor.submit(lambda conn: worker.queued_since(), Conn()).result(5) == Conn.arrived
+        assert executor.submit(lambda conn: worker.arrived_at(), Conn()).result(5) == Conn.arrived
     finally:
         executor.shutdown()
 
 
 def test_outside_a_stamped_task_there_is_no_stamp():
-    assert worker.queued_since() is None
+    assert worker.arrived_at() is None
     executor = worker._StampingExecutor(max_workers=1)
     try:
-        executor.submit(worker.queued_since).result(timeout=5)
+        executor.submit(worker.arrived_at).result(timeout=5)
         assert executor.submit(lambda: None).result(timeout=5) is None
     finally:
         executor.shutdown()
