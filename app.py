@@ -16,7 +16,7 @@ import telemetry
 from config import settings
 from pools import ExecutorFailed, PoolRestarted, Pools, Saturated
 from runtime import overload, worker
-from services import primes
+from services import primes, public_failure
 from services.api import ApiSource
 from services.db import DbSource
 from services.files import FileSource
@@ -123,7 +123,8 @@ def index():
 
     body = {f"result_{name}": outcome.value for name, outcome in outcomes.items()}
     body.update(mode=mode, timings_ms=timings)
-    errors = {name: _describe(o.error) for name, o in outcomes.items() if o.error is not None}
+    errors = {name: public_failure(o.error) for name, o in outcomes.items()
+              if o.error is not None}
     status = 200
     if errors:
         body["errors"] = errors
@@ -185,9 +186,10 @@ def readyz():
         outcomes = pools.gather({n: s.check for n, s in sources.items()}, deadline,
                                 run_here=READ_IN_REQUEST_THREAD)
         checks["thread_pool"] = "ok"
-        checks.update({n: _describe(o.error) if o.error else "ok" for n, o in outcomes.items()})
+        checks.update({n: public_failure(o.error) if o.error else "ok"
+                       for n, o in outcomes.items()})
     except (Saturated, PoolRestarted, ExecutorFailed, TimeoutError) as exc:
-        checks["pools"] = _describe(exc)
+        checks["pools"] = str(exc)  # pools.py's own words: no address, no exception text
     ready = all(result == "ok" for result in checks.values())
     response = jsonify({"status": "ready" if ready else "unavailable", "checks": checks})
     response.status_code = 200 if ready else 503
@@ -247,10 +249,6 @@ def _choice(arg, allowed):
     if value not in allowed:
         raise BadRequest(f"{arg} must be one of {', '.join(allowed)}; got {value[:40]!r}")
     return value
-
-
-def _describe(error):
-    return f"{type(error).__name__}: {error}"
 
 
 def _retry_after():

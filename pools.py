@@ -58,6 +58,10 @@ NOMINAL_COST_S = 0.001
 # away may never resolve its futures) and no longer holds a place in the CPU queue.
 LOST_AFTER_S = 1.0
 _CHILD_DIED = "a prime-check process died; the pool was rebuilt"
+# What a client is told when the Dask cluster fails a check; the details (its address, the
+# workers' error) go to the log with the request id (issue 23, item 6).
+_DASK_LOST = "the Dask cluster is unavailable or lost the check; retry shortly"
+_DASK_FAILED = "Dask workers cannot run the prime check"
 
 
 @dataclass
@@ -342,7 +346,7 @@ class Pools:
         try:
             pool = self.process_pool()
         except BrokenExecutor as exc:  # no Dask scheduler now
-            raise PoolRestarted(str(exc)) from exc
+            raise _failed(PoolRestarted, _DASK_LOST, exc) from exc
         if costs is None:
             costs = [NOMINAL_COST_S] * len(chunks)
         futures = self._cpu_queue.get().submit_all(fn, chunks, costs, priority, deadline)
@@ -358,11 +362,11 @@ class Pools:
             died = isinstance(exc, BrokenProcessPool)
             if self._drop(pool) and died:
                 telemetry.POOL_REBUILDS.inc()
-            raise PoolRestarted(_CHILD_DIED if died else str(exc)) from exc
+            raise _failed(PoolRestarted, _CHILD_DIED if died else _DASK_LOST, exc) from exc
         except dask_executor.TaskLost as exc:
-            raise PoolRestarted(str(exc)) from exc
+            raise _failed(PoolRestarted, _DASK_LOST, exc) from exc
         except dask_executor.WorkersFailed as exc:
-            raise ExecutorFailed(str(exc)) from exc
+            raise _failed(ExecutorFailed, _DASK_FAILED, exc) from exc
         except RuntimeError as exc:
             # "cannot schedule new futures after shutdown": another thread found this pool
             # broken and replaced it between our process_pool() and submit().
@@ -453,6 +457,12 @@ async def _gather_async(calls, deadline, arrived):
     await asyncio.gather(*(timed(name, call) for name, call in calls.items()))
 
 
+def _failed(kind, public, cause):
+    """kind(public), for the client; what caused it is logged with the request id."""
+    telemetry.log.warning("%s: %s", public, telemetry.describe(cause))
+    return kind(public)
+
+
 def _ended(name, start, value=None, error=None, result=None):
     """The Outcome of a call that started at `start` and ends now, recorded."""
     outcome = Outcome(value=value, error=error, started=start,
@@ -465,4 +475,4 @@ def _record(name, result, outcome):
     telemetry.SOURCE_SECONDS.labels(name, result).observe(outcome.elapsed_ms / 1000)
     if outcome.error is not None:
         telemetry.log.warning("source %s: %s after %.0f ms: %s", name, result,
-                              outcome.elapsed_ms, outcome.error)
+                              outcome.elapsed_ms, telemetry.describe(outcome.error))

@@ -100,6 +100,15 @@ def current_request_id():
     return _request_id.get()
 
 
+def describe(error):
+    """An exception and its causes as one log line's text ("TimeoutError: ...; from ...")."""
+    parts = []
+    while error is not None and len(parts) < 4:
+        parts.append(f"{type(error).__name__}: {error}")
+        error = error.__cause__ or error.__context__
+    return "; from ".join(parts)
+
+
 class _RequestIdFilter(logging.Filter):
     def filter(self, record):
         record.request_id = _request_id.get()

@@ -4,11 +4,13 @@ the bottleneck. `make run` starts it beside gunicorn; the tests and benchmarks s
     python -m dev.upstream --port 8001 --delay-ms 300
 
 Each GET / answers after the configured delay (a real network wait for the caller); a
-`?delay_ms=N` query parameter overrides it per request.
+`?delay_ms=N` query parameter overrides it per request, and `?drip_ms=N` sends the body one byte
+every N ms (an upstream that never stalls a single read, but outlasts any deadline).
 """
 import argparse
 import asyncio
 import itertools
+import json
 import os
 import signal
 
@@ -17,6 +19,16 @@ from aiohttp import web
 from config import Config
 
 PARENT_POLL_S = 1.0
+
+
+async def _drip(request, body, every_s):
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.content_length = len(body)
+    await response.prepare(request)
+    for i in range(len(body)):
+        await response.write(body[i:i + 1])
+        await asyncio.sleep(every_s)
+    return response
 
 
 def create_upstream(delay_ms):
@@ -29,10 +41,12 @@ def create_upstream(delay_ms):
         except ValueError:
             raise web.HTTPBadRequest(text="delay_ms must be an integer")
         await asyncio.sleep(delay / 1000)
-        return web.json_response(
-            {"source": "upstream", "message": "hello from the upstream API", "serial": next(counter),
-             "delay_ms": delay}
-        )
+        body = {"source": "upstream", "message": "hello from the upstream API",
+                "serial": next(counter), "delay_ms": delay}
+        if "drip_ms" in request.query:
+            return await _drip(request, json.dumps(body).encode(),
+                               int(request.query["drip_ms"]) / 1000)
+        return web.json_response(body)
 
     async def health(_request):
         return web.json_response({"status": "ok"})

@@ -33,6 +33,16 @@ def _check_latency(delay_s, deadline):
         raise TimeoutError("the simulated latency outlasted the request deadline")
 
 
+def public_failure(error):
+    """What a client is told of a failed read: its kind, never an address, SQL or exception text
+    (pools.py logs those, with the request id)."""
+    if isinstance(error, TimeoutError):
+        return "timeout: no answer within the deadline"
+    if isinstance(error, OSError):  # ConnectionError, a missing file, a refused connection
+        return "unavailable: the source could not be reached or read"
+    return "failed: the source answered with an error"
+
+
 def remaining(deadline):
     """Seconds left until `deadline`; raise TimeoutError when none are."""
     left = deadline - time.monotonic()

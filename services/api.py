@@ -1,7 +1,9 @@
 """The API source: an HTTP GET to a remote JSON API, each thread over a keep-alive connection."""
 import http.client
 import json
+import math
 import socket
+import time
 from urllib.parse import urlsplit
 
 from runtime.per_process import PerThread
@@ -9,6 +11,37 @@ from services import remaining
 
 # What a kept-alive connection that the server closed meanwhile raises on its next use.
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+
+class _DeadlineSocket(socket.socket):
+    """A socket whose every receive waits only until `deadline`: a socket timeout bounds each
+    recv, so an upstream that drips its answer a byte at a time would outlast any deadline
+    (issue 23, item 5: 12 s for a 2 s budget). http.client reads through socket.SocketIO,
+    which calls recv_into."""
+
+    deadline = math.inf
+
+    def recv_into(self, buffer, nbytes=0, flags=0):
+        """recv_into, with a timeout of what is left until the deadline."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the read passed its deadline")
+        self.settimeout(left)
+        return super().recv_into(buffer, nbytes, flags)
+
+
+class _DeadlineConnection(http.client.HTTPConnection):
+    """An HTTPConnection over a _DeadlineSocket."""
+
+    deadline = math.inf  # the current read's
+
+    def connect(self):
+        """Connect as HTTPConnection does, then make the socket keep the read's deadline."""
+        super().connect()
+        plain = self.sock
+        self.sock = _DeadlineSocket(plain.family, plain.type, plain.proto, plain.detach())
+        self.sock.settimeout(self.timeout)
+        self.sock.deadline = self.deadline
 
 
 class ApiSource:
@@ -34,13 +67,13 @@ class ApiSource:
         reused = conn.sock is not None  # http.client opens its socket on the first request
         try:
             try:
-                response, body = self._get(conn, timeout)
+                response, body = self._get(conn, deadline, timeout)
             except _STALE:
                 if not reused:
                     raise
                 # The server closed the idle connection first; a GET is safe to send again.
                 conn.close()
-                response, body = self._get(conn, remaining(deadline))
+                response, body = self._get(conn, deadline, remaining(deadline))
         except TimeoutError as exc:
             conn.close()
             raise TimeoutError(f"no answer from {self.url} within the deadline") from exc
@@ -52,13 +85,15 @@ class ApiSource:
         return json.loads(body)
 
     def _connect(self):
-        factory = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        # HTTPS keeps a per-recv timeout: an SSLSocket reads in C, past recv_into.
+        factory = http.client.HTTPSConnection if self._https else _DeadlineConnection
         return factory(*self._address)
 
-    def _get(self, conn, timeout):
-        conn.timeout = timeout
+    def _get(self, conn, deadline, timeout):
+        conn.timeout, conn.deadline = timeout, deadline
         if conn.sock is not None:
             conn.sock.settimeout(timeout)
+            conn.sock.deadline = deadline
         conn.request("GET", self._target, headers={"Accept": "application/json"})
         response = conn.getresponse()
         return response, response.read()

@@ -111,7 +111,7 @@ class DbSource:
                 raise TimeoutError("the query outlasted the statement timeout") from exc
             if "database is locked" in str(exc):
                 raise TimeoutError("the database stayed locked by a writer") from exc
-            raise
+            raise ConnectionError("the database connection or query failed") from exc
 
     def check(self, deadline):
         """Run SELECT 1: the database answers."""

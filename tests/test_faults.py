@@ -40,6 +40,7 @@ def assert_primes_stay_fast(service):
     ("upstream down", {"API_URL": "http://127.0.0.1:{closed}/"}, 502, "api", False),
     ("upstream slower than the deadline", {"API_URL": "{upstream}/?delay_ms=5000"}, 504, "api",
      True),
+    ("upstream drips its body", {"API_URL": "{upstream}/?drip_ms=200"}, 504, "api", True),
     ("database unreachable", {"DATABASE_URL": "postgresql+psycopg2://postgres@127.0.0.1:{closed}/test"},
      502, "db", False),
     ("data file missing", {"FILE_PATH": "/nonexistent/data.txt"}, 502, "file", False),
@@ -53,6 +54,9 @@ def test_a_failing_source_is_named_within_the_deadline(serve, upstream, fault, e
     body = response.json()
     assert response.status_code == status, body.get("errors")
     assert list(body["errors"]) == [source]
+    # The kind of failure, never an address, a path or an exception's text (issue 23, item 6).
+    assert body["errors"][source].split(":")[0] in ("timeout", "unavailable", "failed")
+    assert not re.search(r"127\.0\.0\.1|nonexistent|Error|postgres", response.text)
     assert body[f"result_{source}"] is None
     assert all(body[f"result_{other}"] for other in ("file", "db", "api") if other != source)
     assert seconds < DEADLINE_S + MARGIN_S

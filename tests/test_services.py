@@ -193,6 +193,19 @@ def test_api_source_gives_up_at_the_deadline(upstream):
     assert time.monotonic() - start < 1
 
 
+@pytest.mark.parametrize("warm", [False, True], ids=["new connection", "kept-alive"])
+def test_api_source_keeps_the_deadline_against_an_upstream_that_drips(upstream, warm):
+    source = ApiSource(upstream.url + "/?drip_ms=100")  # every recv gets a byte within 0.1 s
+    if warm:
+        source._target = "/"
+        source.read(far())
+        source._target = "/?drip_ms=100"
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        source.read(start + 0.5)
+    assert time.monotonic() - start < 0.6
+
+
 def test_api_source_refused_connection_raises():
     with pytest.raises(ConnectionError, match="refused"):
         ApiSource(f"http://127.0.0.1:{free_port()}/").read(far())
