@@ -97,7 +97,8 @@ def _finish_request(response):
     response.headers[telemetry.REQUEST_ID_HEADER] = g.request_id
     seconds = time.monotonic() - g.arrived
     route = request.url_rule.rule if request.url_rule else "unmatched"
-    telemetry.REQUEST_SECONDS.labels(route, request.method, response.status_code).observe(seconds)
+    telemetry.REQUEST_SECONDS.labels(route, telemetry.method_label(request.method),
+                                     response.status_code).observe(seconds)
     # Shed requests (503) are counted in /metrics; a log line each would add to the overload.
     level = logging.WARNING if response.status_code in LOGGED_ERRORS else logging.DEBUG
     if telemetry.log.isEnabledFor(level):

@@ -141,5 +141,5 @@ def worker_exit(server, worker):
 
 
 def child_exit(server, worker):
-    """In the master: drop the dead worker's live gauges from /metrics."""
+    """In the master: drop the dead worker's live gauges, fold its counts into the archive."""
     telemetry.mark_process_dead(worker.pid)

@@ -145,6 +145,34 @@ def test_metrics_directories_go_with_their_master_even_one_killed(serve):
     assert not metrics_dir(service).exists()
 
 
+def test_metrics_stay_bounded_through_recycles_and_made_up_methods(serve):
+    service = serve(WEB_WORKERS=1, MAX_REQUESTS=4, MAX_REQUESTS_JITTER=0)
+    directory = Path(tempfile.gettempdir(), f"flask-pools-metrics-{service.proc.pid}")
+
+    def counts():
+        samples = requests.get(service.url + "/metrics", timeout=10).text
+        return {line.split()[0]: float(line.split()[1]) for line in samples.splitlines()
+                if line.startswith("http_request_duration_seconds_count{")
+                and 'route="/metrics"' not in line}
+
+    before = sum(counts().values())  # the harness's readiness checks
+    sent, recycles = 0, set()
+    while len(recycles) < 12:  # each worker serves 4 requests, then another replaces it
+        method = "GET" if sent % 2 else f"X{sent}METHOD"
+        with requests.Session() as session:  # a connection each: a recycled worker drops its own
+            response = session.request(method, service.url + "/healthz", timeout=10)
+        assert response.status_code == (200 if method == "GET" else 405)
+        recycles.update(worker_pids(service))
+        sent += 1
+    time.sleep(1.0)  # the last recycle's child_exit
+    counted = counts()
+    methods = {key.split('method="')[1].split('"')[0] for key in counted}
+    # Every request of every dead worker is still counted; made-up methods share one label.
+    assert methods == {"GET", "other"} and sum(counted.values()) - before == sent
+    files = [path.name for path in directory.iterdir()]
+    assert len([f for f in files if f.startswith(("counter_", "histogram_"))]) <= 4, files
+
+
 @pytest.mark.slow  # make install first, then gunicorn and the upstream
 def test_make_run_serves_and_stops_its_upstream():
     port, upstream_port = free_port(), free_port()
