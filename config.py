@@ -163,6 +163,14 @@ class Config:
     # The largest body read (a 413 beyond): by default a POST /is_prime of PRIME_MAX_ITEMS
     # numbers of PRIME_MAX_DIGITS digits, quoted, about 1 MB. No route takes more.
     MAX_BODY_BYTES = env_int("MAX_BODY_BYTES", PRIME_MAX_ITEMS * (PRIME_MAX_DIGITS + 4) + 64)
+    # What a worker holds for its clients (issue 23, item 3): request bytes read and not yet
+    # handed to a thread (past it, the largest incomplete request is refused: 503), and answer
+    # bytes a client has not taken (past it, the connections holding the most are closed).
+    MAX_BUFFERED_BYTES = env_int("MAX_BUFFERED_BYTES", 32 * 1024 * 1024)
+    MAX_UNSENT_BYTES = env_int("MAX_UNSENT_BYTES", 32 * 1024 * 1024)
+    # An answer the client takes no byte of for this long is dropped with its connection
+    # (nginx's send_timeout, 60 s by default; an answer here is a few KB).
+    SEND_TIMEOUT_S = env_float("SEND_TIMEOUT_S", 10.0)
 
 
 class ToolConfig:

@@ -48,8 +48,9 @@ def measure(api_url, data_dir):
     environ = EnvironBuilder("/", headers={"Accept": "*/*"}).get_environ()
 
     def parse():
-        RequestReader(limits, time.monotonic(), REQUEST, 1)
-        next(get_parser(gunicorn_cfg, [REQUEST], ("127.0.0.1", 1)))
+        reader = RequestReader(limits, time.monotonic())
+        reader.feed(REQUEST, time.monotonic())
+        next(get_parser(gunicorn_cfg, [reader.take().canonical()], ("127.0.0.1", 1)))
 
     def whole():
         body = app.wsgi_app(dict(environ), lambda status, headers, exc_info=None: None)

@@ -1,11 +1,10 @@
 """The private state of gunicorn and of the stdlib that runtime/worker.py relies on, in one place.
 
 Neither gthread nor ThreadPoolExecutor offers the hooks the worker needs: a queue of its own for
-the executor's threads, the connection a queued task is for, the bytes a client pipelined behind
-a request, whether the worker is accepting. The functions below reach into private state for
-them, and nothing else in the project does. The worker, a subclass of gthread's ThreadWorker,
-also uses its parent's undocumented attributes (nr_conns, poller, tpool, ...) and TConn's fields
-directly, as any subclass does.
+the executor's threads, the connection a queued task is for, whether the worker is accepting.
+The functions below reach into private state for them, and nothing else in the project does.
+The worker, a subclass of gthread's ThreadWorker, also uses its parent's undocumented attributes
+(nr_conns, poller, tpool, ...) and TConn's fields directly, as any subclass does.
 
 REQUIRED names every one of those attributes; `missing()` says which are gone, and
 tests/test_internals.py fails naming them when an upgrade of gunicorn or Python moves one
@@ -16,17 +15,16 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.thread import _WorkItem
 
 from gunicorn.config import Config as GunicornConfig
-from gunicorn.http.unreader import Unreader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 REQUIRED = {
     "ThreadPoolExecutor": ("_work_queue",),
     "_WorkItem": ("future", "args"),
-    "Unreader": ("take_buffered", "unread"),
     "ThreadWorker": ("nr_conns", "poller", "tpool", "_accepting", "keepalived_conns",
                      "pending_conns", "worker_connections", "set_accept_enabled",
                      "wait_for_and_dispatch_events", "finish_request", "murder_keepalived",
-                     "_cap_keepalive", "enqueue_req", "get_thread_pool", "accept"),
+                     "_cap_keepalive", "enqueue_req", "get_thread_pool", "accept", "handle",
+                     "handle_error"),
     "TConn": ("sock", "client", "parser", "initialized", "data_ready"),
 }
 
@@ -47,16 +45,6 @@ def task_of(item):
     return item.future, item.args
 
 
-def take_pipelined(conn):
-    """The bytes a request thread's parser read past the request (the client pipelined them)."""
-    return conn.parser.unreader.take_buffered()
-
-
-def unread(conn, data):
-    """Put `data` back in front of whatever `conn`'s parser reads next."""
-    conn.parser.unreader.unread(data)
-
-
 def accepting(worker):
     """Whether a gthread worker is accepting new connections now."""
     return worker._accepting
@@ -71,7 +59,6 @@ def missing():
         owners = {
             "ThreadPoolExecutor": executor,
             "_WorkItem": _WorkItem(None, print, (), {}),
-            "Unreader": Unreader(),
             "ThreadWorker": ThreadWorker(0, 0, [], None, 30, GunicornConfig(), None),
             "TConn": TConn(GunicornConfig(), left, ("127.0.0.1", 0), None),
         }

@@ -60,8 +60,6 @@ import telemetry
 
 # A queue that has not been empty for this long is congested, and the newest request goes first.
 CONGESTION_S = 0.1
-# A request head longer than this is not refused in the poller thread, but by a request thread.
-PLAIN_REQUEST_BYTES = 4096
 
 
 def work(view):
@@ -145,39 +143,21 @@ def raw_response(status, headers, body):
 
 
 def plain_refusal(request, waited_s, retry_after_s, is_work):
-    """The bytes of a 503 for `request`, the whole of one request as read by the poller, if it is
-    a plain GET of a work path (HTTP/1.1, keep-alive, no body); None for anything else, which a
-    request thread then refuses through gunicorn and ShedBeforeApp.
+    """The bytes of a 503 for `request` (runtime/reader.Request) if it is a plain GET of a work
+    path (HTTP/1.1, keep-alive, no body); None for anything else, which a request thread then
+    refuses through gunicorn and ShedBeforeApp.
 
     Called from the poller thread for requests that waited too long: no hand-off to a thread and
-    no HTTP parser."""
-    end = request.find(b"\r\n\r\n")
-    if end < 0 or len(request) != end + 4 or len(request) > PLAIN_REQUEST_BYTES:
-        return None
-    request_line, _, header_lines = request[:end].decode("latin-1").partition("\r\n")
-    method, _, rest = request_line.partition(" ")
-    target, _, version = rest.rpartition(" ")
-    lowered = header_lines.lower()
-    if (method != "GET" or version != "HTTP/1.1" or not is_work(target.partition("?")[0])
-            or "content-length" in lowered or "transfer-encoding" in lowered
-            or "connection: close" in lowered or "upgrade" in lowered):
+    no second parse."""
+    if (request.method != b"GET" or request.version != "1.1" or request.body
+            or not request.keep_alive or request.upgrade or not is_work(request.path)):
         return None
     telemetry.REJECTED.labels("queue_wait").inc()
     headers, body = refusal(waited_s, retry_after_s)
-    headers.append((telemetry.REQUEST_ID_HEADER,
-                    telemetry.set_request_id(_request_id(header_lines, lowered))))
+    request_id = request.header(b"x-request-id")
+    headers.append((telemetry.REQUEST_ID_HEADER, telemetry.set_request_id(
+        request_id.decode("latin-1") if request_id else None)))
     return raw_response(503, headers, body)
-
-
-def _request_id(header_lines, lowered):
-    """The X-Request-ID of the raw header lines, or None."""
-    if "x-request-id" not in lowered:
-        return None
-    for line in header_lines.split("\r\n"):
-        name, _, value = line.partition(":")
-        if name.strip().lower() == "x-request-id":
-            return value.strip()
-    return None
 
 
 class AdaptiveLifoQueue:

@@ -1,39 +1,50 @@
-"""A request read whole in the worker's poller thread, before any request thread sees it.
+"""A connection's requests read in the worker's poller thread, framed once, before any request
+thread sees them.
 
-    poller thread (runtime/worker.py)                     RequestReader of one connection
-    ---------------------------------                     -------------------------------
-    accept, or a kept-alive connection back   --------->  waiting for a first byte (IDLE)
-    readable: recv what is there, feed()      --------->  head: until CRLF CRLF, at most
-                                                            READ_MAX_HEAD_BYTES (else 431)
-                                                          body: Content-Length bytes, or
-                                                            chunks to the last (bad size: 400;
-                                                            past MAX_BODY_BYTES: 413)
-    COMPLETE: a request thread gets the bytes <---------  the request, and anything pipelined
-    every turn: expired() past its deadline   --------->  408 (or a plain close if it sent
-                                                            nothing), logged and counted once
+    poller thread (runtime/worker.py)                 RequestReader of one connection
+    ---------------------------------                 -------------------------------
+    accept, or a connection answered      --------->  waiting for a first byte (idle)
+    readable: recv what is there, feed()  --------->  llhttp (httptools) parses FEED_BYTES at a
+                                                        time: head, then the body, decoded
+                                                        (Content-Length, or chunks with their
+                                                        extensions and trailers), counting
+                                                        every byte on the wire against the
+                                                        limits: 431, 413; bad syntax 400, an
+                                                        unknown method 501, a version 505
+    a Request is ready: take() it        <---------   method, target, headers, decoded body;
+      canonical(): the bytes gunicorn's                what was pipelined behind it waits,
+      parser reads (Content-Length only)              unparsed past FEED_BYTES, for its turn
+    every sweep: past its deadline        --------->  408 (or a plain close if it sent nothing)
 
-gthread waits up to 5 s in a request thread for a new connection's first byte, then reads the
-head and body with a blocking socket and no deadline, so each slow client holds a thread for as
-long as it likes (issue 15). Servers trusted without a proxy in front read the request off their
-request threads and bound how long that may take: Apache's mod_reqtimeout (header=20-40,
-MinRate=500 body=20,MinRate=500), nginx's client_header_timeout / client_body_timeout, Puma's
-reactor, waitress's channels. The deadlines here are mod_reqtimeout's: the head within
-READ_HEAD_TIMEOUT_S of its first byte, extended by a second for each READ_MIN_RATE_BPS bytes
-received, up to READ_HEAD_MAX_S; the body likewise from the end of the head, up to
-READ_BODY_MAX_S. A connection that sends nothing is closed after READ_IDLE_TIMEOUT_S (new) or
-KEEPALIVE (kept alive).
+One framing (issue 23, item 2). The worker used to find where a request ends with its own
+framing code here, then gunicorn's parser parsed the same bytes again with its own: where the two
+disagreed (a chunk size "3   ", data not followed by CRLF, a trailer line without a colon) a
+request got a 500 with a traceback or two answers (200, then 400: a request-smuggling primitive
+behind a proxy), and gunicorn's chunked reader took time in the square of the body's size
+(800 KB in 1-byte chunks: 88 s of CPU). Now llhttp, Node.js's parser, strict by default, is the
+only one that reads the wire; gunicorn's parser gets a canonical copy of one request with its
+decoded body framed by Content-Length (Request.canonical), so it cannot see framing of its own.
+httptools is the binding uvicorn uses; h11 (pure Python) would take several microseconds a
+chunk, and gunicorn's own parser is the one being replaced. 1 MB in 1-byte chunks costs llhttp
+about 15 ms here (docs/security.md).
 
-Only the framing is read here; the request is parsed by gunicorn's parser in a request thread,
-which rejects what this module lets through unframed (two Content-Lengths, Content-Length with
-Transfer-Encoding, a Transfer-Encoding that does not end in chunked: 400, as before).
+Deadlines (issue 15) are Apache mod_reqtimeout's: the head within READ_HEAD_TIMEOUT_S of its
+first byte, extended by a second for each READ_MIN_RATE_BPS bytes received, up to
+READ_HEAD_MAX_S; the body likewise from the end of the head, up to READ_BODY_MAX_S. A connection
+that sends nothing is closed after READ_IDLE_TIMEOUT_S (new) or KEEPALIVE (kept alive).
 """
-import re
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
-# A chunk size of more hex digits than this cannot be a size within any body limit here.
-_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
-_CHUNK_LINE_BYTES = 1024  # a chunk-size line with its extensions
+import httptools
+
+# llhttp parses this much at a time: what is pipelined behind a complete request waits unparsed
+# beyond it, and the limits are checked at least this often.
+FEED_BYTES = 8192
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_VERSIONS = ("1.0", "1.1")
+# Framing and hop-by-hop fields that Request.canonical sets itself.
+_REFRAMED = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
 
 
 @dataclass(frozen=True)
@@ -66,43 +77,141 @@ class Refusal(Exception):
         self.reason = reason
 
 
-class RequestReader:
-    """The bytes of a connection's next request as they arrive, and the deadline to finish by."""
+@dataclass
+class Request:
+    """One request as llhttp parsed it, its body decoded."""
 
-    def __init__(self, limits, now, data=b"", idle_s=None):
+    method: bytes
+    target: bytes
+    version: str
+    headers: list
+    body: bytes = b""
+    keep_alive: bool = True
+    upgrade: bool = False  # asked to switch protocols: answered, then the connection closes
+    framed: bool = False  # it had Content-Length or Transfer-Encoding
+    pipelined: bool = field(default=False)  # completed from bytes that waited behind another
+
+    def header(self, name):
+        """The value of the field `name` (lower-case bytes), or None."""
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+    @property
+    def path(self):
+        """The target's path, as text."""
+        return self.target.partition(b"?")[0].decode("latin-1")
+
+    def canonical(self):
+        """The request as gunicorn's parser reads it: the same line and fields, its body framed
+        by Content-Length alone, and Connection: close if it asked for an upgrade."""
+        lines = [b"%s %s HTTP/%s" % (self.method, self.target, self.version.encode())]
+        lines += [b"%s: %s" % (name, value) for name, value in self.headers
+                  if name.lower() not in _REFRAMED
+                  and not (self.upgrade and name.lower() == b"connection")]
+        if self.framed or self.body:
+            lines.append(b"Content-Length: %d" % len(self.body))
+        if self.upgrade:
+            lines.append(b"Connection: close")
+        return b"\r\n".join(lines) + b"\r\n\r\n" + self.body
+
+
+class RequestReader:
+    """A connection's requests as their bytes arrive, and the deadline to finish the next by."""
+
+    def __init__(self, limits, now, idle_s=None):
         self._limits = limits
-        self.buf = bytearray()
         self.phase = "idle"
         self.deadline = now + (limits.idle_s if idle_s is None else idle_s)
-        self.complete_at = None  # where the request ends in buf, once it is complete
         self.send_continue = False  # the client waits for "100 Continue" before its body
         self._phase_start = now
-        self._head_end = None
-        self._body_end = None  # Content-Length framing: where the body ends
-        self._chunk_at = None  # chunked framing: where the next chunk-size line starts
-        self._chunked_bytes = 0  # chunked framing: the sizes of the chunks so far
-        self._searched = 0  # the head's end is not before this
-        if data:
-            self.feed(data, now)
+        self._pending = bytearray()  # received, not yet parsed
+        self._ready = deque()  # complete requests, oldest first
+        self.counted = 0  # what the worker counts this reader holding (MAX_BUFFERED_BYTES)
+        self._head_bytes = 0  # on the wire, of the request being read
+        self._body_bytes = 0
+        # llhttp hands over each piece of the decoded body; one bytearray holds them, not an
+        # object a piece: freed whole, a large one goes back to the system (worker.py).
+        self._body = bytearray()
+        self.on_body = self._body.extend
+        self._headers = []
+        self._refusal = None  # raised once llhttp returns
+        self._upgraded = False
+        self._now = now
+        self._target = b""
+        self._request = None
+        self._chunked = False
+        self._head_size = 0
+        self._parser = httptools.HttpRequestParser(self)
 
     @property
     def received(self):
-        """Whether any byte of the request has arrived."""
-        return bool(self.buf)
+        """Whether any byte of the next request has arrived."""
+        return self.phase != "idle" or bool(self._pending)
+
+    @property
+    def buffered(self):
+        """Bytes this reader holds: received and not parsed, and the body read so far."""
+        return len(self._pending) + self._body_bytes
 
     def feed(self, data, now):
-        """Add bytes read from the socket; return whether the request is now complete. Raises
-        Refusal for a head or body past its limit or a bad chunk size."""
-        if self.phase == "idle":
-            self.phase, self._phase_start = "head", now
-        self.buf += data
-        if self.phase == "head":
-            self._read_head(now)
-        if self.phase == "body":
-            self._read_body()
-        if self.complete_at is None:
-            self.deadline = self._deadline(now)
-        return self.complete_at is not None
+        """Add bytes read from the socket; return whether a request is complete. Raises Refusal
+        for a malformed request or one past its limits."""
+        self._pending += data
+        return self.parse(now)
+
+    def parse(self, now):
+        """Parse what is pending while no request is complete; return whether one is."""
+        self._now = now
+        while not self._ready and self._pending and not self._upgraded:
+            piece = bytes(self._pending[:FEED_BYTES])
+            del self._pending[:FEED_BYTES]
+            before = self.phase
+            self._feed(piece)
+            if self._ready:
+                break
+            if self.phase == "head":
+                self._head_bytes += len(piece)
+            elif self.phase == "body":
+                # llhttp does not say where in a piece the head ended: the head's size is
+                # counted from its parts (on_headers_complete).
+                self._body_bytes += len(piece) if before == "body" else max(
+                    0, self._head_bytes + len(piece) - self._head_size)
+            # A Content-Length body was checked whole against the limit with the head; a
+            # chunked one is counted on the wire: sizes, extensions, CRLFs and trailers.
+            if self._chunked and self._body_bytes > self._limits.max_body_bytes:
+                raise self._body_too_large()
+            if self.phase == "head" and self._head_bytes > self._limits.max_head_bytes:
+                raise Refusal(431, f"the request head is over {self._limits.max_head_bytes} "
+                                   "bytes", "head_too_large")
+        if self._upgraded:
+            self._pending.clear()  # what follows an upgrade request is not HTTP/1
+        if not self._ready:
+            self.deadline = self._deadline()
+        return bool(self._ready)
+
+    def take(self):
+        """The oldest complete request."""
+        return self._ready.popleft()
+
+    def resume(self, now, idle_s):
+        """The previous request is answered: the next one's clock starts now (its bytes may have
+        waited behind it), and a connection with nothing pending waits `idle_s` for them."""
+        self._phase_start = now
+        self.deadline = now + idle_s
+        complete = self.parse(now)
+        for request in self._ready:
+            request.pipelined = True
+        return complete
+
+    def close(self):
+        """Free what the reader holds now: the parser and the reader refer to each other, so
+        without this a connection's bytes would wait for the cyclic garbage collector."""
+        self._pending.clear()
+        self._body.clear()
+        self._ready.clear()
+        self._parser = None
 
     def take_continue(self):
         """The interim answer to send now, once (b"" if none is due)."""
@@ -111,112 +220,91 @@ class RequestReader:
         self.send_continue = False
         return _CONTINUE
 
-    def _deadline(self, now):
+    def _feed(self, piece):
+        try:
+            self._parser.feed_data(piece)
+        except httptools.HttpParserUpgrade:
+            self._upgraded = True
+        except httptools.HttpParserInvalidMethodError:
+            raise Refusal(501, "the method is not one this server knows", "bad_request") from None
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, Refusal):
+                raise exc.__context__ from None
+            raise
+        except httptools.HttpParserError as exc:
+            if str(exc) == "Invalid HTTP version":
+                raise Refusal(505, "the HTTP version is not supported: send HTTP/1.1 or 1.0",
+                              "bad_request") from None
+            # llhttp's reason is a fixed text about the request's syntax ("Invalid character in
+            # chunk size"), never the request's own bytes.
+            raise Refusal(400, f"malformed request: {exc}", "bad_request") from None
+
+    def _deadline(self):
         limits = self._limits
-        if self.phase == "head":
-            base, most, received = limits.head_s, limits.head_max_s, len(self.buf)
+        if self.phase == "body":
+            base, most, received = limits.body_s, limits.body_max_s, self._body_bytes
+        elif self.phase == "head":
+            base, most, received = limits.head_s, limits.head_max_s, self._head_bytes
         else:
-            base, most, received = limits.body_s, limits.body_max_s, len(self.buf) - self._head_end
+            return self.deadline
         return self._phase_start + min(most, base + received / limits.min_rate_bps)
 
-    def _read_head(self, now):
-        # Search only what arrived since the last search (and 3 bytes before): a head sent a
-        # byte at a time is searched once, not once per byte.
-        end = self.buf.find(b"\r\n\r\n", self._searched)
-        self._searched = max(0, len(self.buf) - 3)
-        if (end + 4 if end >= 0 else len(self.buf)) > self._limits.max_head_bytes:
-            raise Refusal(431, f"the request head is over {self._limits.max_head_bytes} bytes",
-                          "head_too_large")
-        if end < 0:
-            return
-        self._head_end = end + 4
-        framing, length, expects_continue = _framing(bytes(self.buf[:end]))
-        if framing is None:  # no body, or framing gunicorn's parser will refuse
-            self.complete_at = self._head_end
-            return
-        if framing == "length" and length > self._limits.max_body_bytes:
-            raise self._body_too_large()
-        if expects_continue and len(self.buf) == self._head_end:
-            self.send_continue = True
-            # Answered here, so gunicorn must not answer it again: the line goes.
-            self._drop_expect_line()
-        self.phase, self._phase_start = "body", now
-        if framing == "length":
-            self._body_end = self._head_end + length
-        else:
-            self._chunk_at = self._head_end
+    # llhttp's callbacks (httptools calls them during feed_data).
 
-    def _read_body(self):
-        if self._body_end is not None:
-            if len(self.buf) >= self._body_end:
-                self.complete_at = self._body_end
-            return
-        while self.complete_at is None:
-            line_end = self.buf.find(b"\r\n", self._chunk_at)
-            if line_end < 0:
-                if len(self.buf) - self._chunk_at > _CHUNK_LINE_BYTES:
-                    raise Refusal(400, "a chunk-size line is too long", "bad_chunk")
-                return
-            size_text = bytes(self.buf[self._chunk_at:line_end]).split(b";", 1)[0].strip(b" \t")
-            if not _CHUNK_SIZE.fullmatch(size_text):
-                raise Refusal(400, f"bad chunk size {size_text[:20]!r}: expected up to 15 hex "
-                                   "digits", "bad_chunk")
-            size = int(size_text, 16)
-            limit = self._limits.max_body_bytes
-            if size > limit:
-                raise Refusal(400, f"a chunk of {size} bytes is over the body limit, {limit}",
-                              "bad_chunk")
-            if self._chunked_bytes + size > limit:
-                raise self._body_too_large()
-            if size == 0:  # the last chunk, then trailer fields and an empty line
-                if self.buf[line_end + 2:line_end + 4] == b"\r\n":
-                    self.complete_at = line_end + 4
-                elif (trailer_end := self.buf.find(b"\r\n\r\n", line_end)) >= 0:
-                    self.complete_at = trailer_end + 4
-                elif len(self.buf) - line_end > self._limits.max_head_bytes:
-                    raise Refusal(431, "the trailer fields are too large", "head_too_large")
-                return
-            data_end = line_end + 2 + size
-            if len(self.buf) < data_end + 2:
-                return
-            self._chunked_bytes += size
-            self._chunk_at = data_end + 2
+    def on_message_begin(self):
+        """A request's first byte."""
+        self.phase, self._phase_start = "head", self._now
+        self._headers = []
+        self._target = b""
+
+    def on_url(self, url):
+        """A piece of the request target."""
+        self._target += url
+
+    def on_header(self, name, value):
+        """A field of the head (or of the trailer, which is read and dropped)."""
+        if self.phase == "head":
+            self._headers.append((name, value))
+
+    def on_headers_complete(self):
+        """The head is in: check what llhttp leaves to the server, and expect the body."""
+        version = self._parser.get_http_version()
+        if version not in _VERSIONS:
+            raise Refusal(505, f"HTTP/{version} is not supported: send HTTP/1.1 or 1.0",
+                          "bad_request")
+        hosts = sum(1 for name, _ in self._headers if name.lower() == b"host")
+        if hosts > 1 or (version == "1.1" and hosts == 0):
+            # RFC 9112, section 3.2: a request without exactly one Host is a 400.
+            raise Refusal(400, "an HTTP/1.1 request needs exactly one Host field", "bad_request")
+        framing = {name.lower(): value for name, value in self._headers
+                   if name.lower() in (b"content-length", b"transfer-encoding", b"expect")}
+        length = framing.get(b"content-length")
+        if length is not None and int(length) > self._limits.max_body_bytes:
+            raise self._body_too_large()
+        has_body = b"transfer-encoding" in framing or (length is not None and int(length) > 0)
+        self.send_continue = (has_body and version == "1.1"
+                              and framing.get(b"expect", b"").lower() == b"100-continue")
+        self._request = Request(self._parser.get_method(), self._target, version, self._headers,
+                                framed=length is not None or b"transfer-encoding" in framing)
+        self.phase, self._phase_start = "body", self._now
+        self._chunked = b"transfer-encoding" in framing
+        self._head_size = (len(self._request.method) + len(self._target) + 12 + 2
+                           + sum(len(name) + len(value) + 4 for name, value in self._headers))
+        self._body_bytes = 0
+
+    def on_message_complete(self):
+        """The request is whole: it is ready, and the next one starts from nothing."""
+        request = self._request
+        request.body = bytes(self._body)
+        request.keep_alive = self._parser.should_keep_alive()
+        request.upgrade = self._parser.should_upgrade()
+        self._body.clear()
+        self._ready.append(request)
+        self.send_continue = False
+        self.phase = "idle"
+        self._chunked = False
+        self._head_bytes = self._body_bytes = 0
 
     def _body_too_large(self):
         return Refusal(413, f"the body is too large: the limit is "
-                            f"{self._limits.max_body_bytes} bytes", "body_too_large")
-
-    def _drop_expect_line(self):
-        head = bytes(self.buf[:self._head_end])
-        kept = b"\r\n".join(line for line in head[:-4].split(b"\r\n")
-                            if not line.lower().startswith(b"expect:"))
-        self.buf[:self._head_end] = kept + b"\r\n\r\n"
-        self._head_end = len(kept) + 4
-
-
-def _framing(head):
-    """("length", n, expects_continue), ("chunked", None, ...) or (None, None, False) when the
-    request has no body, or framing that gunicorn's parser refuses (it then answers 400)."""
-    lines = head.split(b"\r\n")
-    version = lines[0].rsplit(b" ", 1)[-1]
-    lengths, codings, expects = [], [], False
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon:
-            return None, None, False
-        name = name.lower()
-        if name == b"content-length":
-            lengths.append(value.strip(b" \t"))
-        elif name == b"transfer-encoding":
-            codings += [c.strip(b" \t").lower() for c in value.split(b",")]
-        elif name == b"expect":
-            expects = value.strip(b" \t").lower() == b"100-continue"
-    expects = expects and version == b"HTTP/1.1"
-    if codings:
-        if lengths or codings[-1] != b"chunked" or version != b"HTTP/1.1":
-            return None, None, False
-        return "chunked", None, expects
-    if len(lengths) != 1 or not lengths[0].isdigit():
-        return None, None, False
-    length = int(lengths[0])
-    return ("length", length, expects) if length else (None, None, False)
+                            f"{self._limits.max_body_bytes} bytes on the wire", "body_too_large")

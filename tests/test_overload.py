@@ -7,7 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from config import settings
 from runtime import internals, overload
+from runtime.reader import Limits, RequestReader
 
 LONG_WAIT_S = 10.0
 IS_WORK = {"/"}.__contains__
@@ -93,8 +95,15 @@ def test_pop_expired_takes_only_what_waited_too_long_and_put_back_returns_it_fir
     assert lifo.get() == "old"
 
 
+def parsed(request_bytes):
+    """The Request the poller's reader makes of `request_bytes`."""
+    reader = RequestReader(Limits.from_settings(settings()), 0.0)
+    assert reader.feed(request_bytes, 0.0)
+    return reader.take()
+
+
 def test_a_plain_get_gets_a_503_of_its_own():
-    request = b"GET /?mode=concurrent HTTP/1.1\r\nHost: x\r\nX-Request-ID: r-1\r\n\r\n"
+    request = parsed(b"GET /?mode=concurrent HTTP/1.1\r\nHost: x\r\nX-Request-ID: r-1\r\n\r\n")
     head, _, body = overload.plain_refusal(request, 1.23, 1, IS_WORK).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in head
     assert b"X-Request-ID: r-1" in head
@@ -103,11 +112,11 @@ def test_a_plain_get_gets_a_503_of_its_own():
 
 
 @pytest.mark.parametrize("request_bytes", [
-    b"POST /is_prime HTTP/1.1\r\nContent-Length: 3\r\n\r\n[7]",  # a body
-    b"GET /healthz HTTP/1.1\r\n\r\n",  # never refused
+    b"POST /is_prime HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n[7]",  # a body
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",  # never refused
     b"GET / HTTP/1.0\r\n\r\n",  # no keep-alive by default
-    b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
-    b"GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
 ])
 def test_anything_else_is_left_for_a_request_thread(request_bytes):
-    assert overload.plain_refusal(request_bytes, 1.5, 1, IS_WORK) is None
+    assert overload.plain_refusal(parsed(request_bytes), 1.5, 1, IS_WORK) is None
