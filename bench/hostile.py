@@ -5,8 +5,8 @@ GET / is timed beside them from fresh connections.
     one_byte     a valid POST /is_prime whose chunked body comes in 1-byte chunks
     extensions   1-byte chunks, each with a 1000-byte extension
     near_limit   bodies just under MAX_BODY_BYTES, stalled before their last bytes
-    methods      requests with made-up methods
-    malformed    the issue's malformed chunked bodies, each answered once
+    methods      requests with made-up methods, then the size of /metrics
+    malformed    the issue's malformed requests, each answered once
 
 `python -m bench.hostile URL` runs the issue's numbers against a deployment and prints what each
 got, the workers' CPU and memory around it, and GET /'s answers during it; tests/test_hostile.py
@@ -17,6 +17,8 @@ import json
 import socket
 import threading
 import time
+
+import requests
 
 from bench.attack import time_gets
 
@@ -155,6 +157,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url")
     parser.add_argument("--pids", type=int, nargs="+", required=True, help="worker pids")
+    parser.add_argument("--send-timeout-s", type=float, default=10.0)
+    parser.add_argument("--together", action="store_true", help="only every attack at once")
     args = parser.parse_args(argv)
     port = int(args.url.rsplit(":", 1)[1].strip("/"))
     assert args.url.startswith("http://127.0.0.1:")
@@ -165,6 +169,13 @@ def main(argv=None):
                           "rss_mb_after": round(rss), "rss_mb_before": round(before[1])}),
               flush=True)
 
+    if args.together:
+        before = worker_usage(args.pids)
+        gets, got = together(args.url, port, args.send_timeout_s)
+        report("all at once", {"gets": gets, **got}, before)
+        time.sleep(1)
+        report("all at once, ended", {}, before)
+        return
     for name, (request, _) in MALFORMED.items():
         before = worker_usage(args.pids)
         report(f"malformed: {name}", {"answers": [s for s, _ in answers(port, request)]}, before)
@@ -185,8 +196,97 @@ def main(argv=None):
             time.sleep(1)
             gets = time_gets(args.url + "/", 20)
             report(f"never_read {connections}", {"gets": gets, "closed": never.closed()}, before)
+            time.sleep(args.send_timeout_s + 1)
+            report(f"never_read {connections}, SEND_TIMEOUT_S later",
+                   {"closed": never.closed()}, before)
         finally:
             never.stop()
+    before = worker_usage(args.pids)
+    stalled = NearLimit(port, 1000)
+    try:
+        gets = time_gets(args.url + "/", 20)
+        report("near_limit 1000", {"gets": gets, "refused": stalled.refused()}, before)
+    finally:
+        stalled.stop()
+    time.sleep(1)
+    report("near_limit 1000, closed", {}, before)
+    before = worker_usage(args.pids)
+    statuses = made_up_methods(port, 10_000)
+    metrics = requests.get(args.url + "/metrics", timeout=30)
+    report("methods 10000", {"statuses": statuses, "metrics_bytes": len(metrics.content)}, before)
+
+
+def together(url, port, send_timeout_s):
+    """Every attack at once, while GET / is timed: (GET / answers, what the attacks got)."""
+    from bench.attack import Attack
+
+    got = {}
+    threads = [threading.Thread(target=fn, daemon=True) for fn in (
+        lambda: got.update(extensions=[send_chunks(port, extension_chunks(40 * 10**6))[0]
+                                       for _ in range(2)]),
+        lambda: got.update(one_byte=[send_chunks(port, one_byte_chunks(1_600_000))[0]
+                                     for _ in range(4)]),
+        lambda: got.update(methods=made_up_methods(port, 2000)),
+        lambda: got.update(malformed=[answers(port, request)[0][0]
+                                      for request, _ in MALFORMED.values()]),
+    )]
+    slow = Attack(port, {"slowloris": 300, "silent": 300})
+    never, stalled = NeverRead(port, 400), NearLimit(port, 400)
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        gets = time_gets(url + "/", 20)
+        for thread in threads:
+            thread.join(timeout=120)
+        got["near_limit_refused"] = stalled.refused()
+        time.sleep(send_timeout_s + 1)
+        got["never_read_closed"] = never.closed()
+    finally:
+        for attack in (slow, never, stalled):
+            attack.stop()
+    return gets, got
+
+
+def made_up_methods(port, count):
+    """`count` requests with made-up methods, a connection each: {status: count}."""
+    statuses = {}
+    for i in range(count):
+        [(status, _)] = answers(port, b"X%dQZ /healthz HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+        statuses[status] = statuses.get(status, 0) + 1
+    return statuses
+
+
+class NearLimit:
+    """Connections each sending a body just under MAX_BODY_BYTES but its last bytes, then
+    stalling; `refused()` counts those the server answered 503 (past MAX_BUFFERED_BYTES)."""
+
+    def __init__(self, port, connections, length=1_000_000, sent=900_000):
+        self.socks = []
+        for _ in range(connections):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.setblocking(False)
+            request = HEAD + b"Content-Length: %d\r\n\r\n" % length + b" " * sent
+            try:
+                sock.send(request)  # what the kernel takes now; the rest is never sent
+            except BlockingIOError:
+                pass
+            self.socks.append(sock)
+
+    def refused(self):
+        """How many got a 503 so far."""
+        count = 0
+        for sock in self.socks:
+            try:
+                count += sock.recv(64).startswith(b"HTTP/1.1 503 ")
+            except OSError:
+                pass
+        return count
+
+    def stop(self):
+        """Close every connection."""
+        for sock in self.socks:
+            sock.close()
 
 
 if __name__ == "__main__":
