@@ -45,7 +45,8 @@ PARTS = {
     "HTTP parsing (gunicorn's parser, runtime/reader.py)": (
         "gunicorn/http/message.py", "gunicorn/http/parser.py", "gunicorn/http/unreader.py",
         "gunicorn/http/body.py", "gunicorn/http/errors.py", "runtime/reader.py"),
-    "response writing (gunicorn)": ("gunicorn/http/wsgi.py", "gunicorn/util.py"),
+    "response writing (gunicorn, runtime/outbox.py)": (
+        "gunicorn/http/wsgi.py", "gunicorn/util.py", "runtime/outbox.py"),
     "worker: poller, request queue, admission": (
         "gunicorn/workers/", "runtime/worker.py", "runtime/overload.py", "selectors.py"),
     "Flask and Werkzeug": ("flask/", "werkzeug/", "blinker/", "itsdangerous/"),

@@ -477,8 +477,11 @@ class GuardedThreadWorker(ThreadWorker):
             if not answer:
                 self._work_queue.put_back(item)  # a request thread refuses it
                 continue
-            conn.outbox.sendall(answer)  # a few hundred bytes; any rest goes as any answer's
-            keep_alive = True
+            try:
+                conn.outbox.sendall(answer)  # a few hundred bytes; a rest goes as any answer's
+                keep_alive = True
+            except OSError:  # the client went away
+                keep_alive = False
             if future.set_running_or_notify_cancel():
                 future.set_result(keep_alive)  # finish_request acts on it
 
