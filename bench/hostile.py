@@ -21,6 +21,8 @@ import time
 import requests
 
 from bench.attack import time_gets
+from bench.bench import memory_mb
+from dev.harness import cpu_seconds
 
 HEAD = b"POST /is_prime HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
 CHUNKED = HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
@@ -130,16 +132,8 @@ class NeverRead:
 
 
 def worker_usage(pids):
-    """(CPU seconds, RSS MB) of `pids`, from /proc."""
-    cpu, rss = 0.0, 0.0
-    ticks = 100  # os.sysconf("SC_CLK_TCK") on Linux
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        cpu += (int(fields[11]) + int(fields[12])) / ticks
-        with open(f"/proc/{pid}/statm") as statm:
-            rss += int(statm.read().split()[1]) * 4096 / 1e6
-    return cpu, rss
+    """(CPU seconds, RSS MB) of `pids`."""
+    return cpu_seconds(pids), memory_mb(pids)[0]
 
 
 def during(url, attack, gets=20):

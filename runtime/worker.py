@@ -84,8 +84,8 @@ ACCEPT_YIELD_S = 0.01
 SWEEP_S = 0.25
 # The kernel takes at most about this many bytes of answers a client has not taken yet
 # (TCP_NOTSENT_LOWAT); the rest waits in the Outbox, under SEND_TIMEOUT_S and MAX_UNSENT_BYTES.
-# Without it a client that never reads had the kernel hold up to its send buffer (megabytes) a
-# connection: 400 such clients took the host's TCP memory to its pressure limit (issue 23).
+# Without it the kernel held up to a send buffer (megabytes) for each client that never reads,
+# beyond any budget of ours (issue 23).
 KERNEL_UNSENT_BYTES = 64 * 1024
 # A burst that held this many request and answer bytes is followed by a malloc_trim once over.
 TRIM_AFTER_BYTES = 4 * 1024 * 1024
@@ -280,9 +280,8 @@ class GuardedThreadWorker(ThreadWorker):
 
     def _trim_after_burst(self):
         # Request and answer bytes are freed when a burst ends, but glibc keeps the freed heap
-        # (and each request thread's arena) for reuse: after 1000 stalled ~1 MB bodies the
-        # workers held 738 MB more once they closed. malloc_trim gives it back (issue 23,
-        # item 3; docs/security.md), once a burst has held TRIM_AFTER_BYTES and ended.
+        # (and each request thread's arena) for reuse; malloc_trim gives it back once a burst
+        # has held TRIM_AFTER_BYTES and ended (issue 23, item 3; figures: docs/security.md).
         held = self._buffered + self._unsent
         self._peak_held = max(self._peak_held, held)
         if self._peak_held >= TRIM_AFTER_BYTES and held <= TRIM_AFTER_BYTES // 8:
@@ -501,7 +500,7 @@ class GuardedThreadWorker(ThreadWorker):
 
 def _forget(conn):
     # What a connection held for its requests goes with its last answer, not when a draining
-    # close ends: 100 refused ~1 MB bodies held 80 MB for LINGER_S.
+    # close ends, nor when the cyclic garbage collector finds its reader (docs/security.md).
     if getattr(conn, "reader", None) is not None:
         conn.reader.close()
     conn.reader = conn.request = conn.outbox = conn.parser = None
