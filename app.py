@@ -1,13 +1,16 @@
 """The Flask app: routes that hand I/O to the thread pool and CPU work to the process pool.
 
-gunicorn builds it with `create_app()` (gunicorn.conf.py's wsgi_app); importing this builds nothing.
+gunicorn builds it with `create_app()` (gunicorn.conf.py's wsgi_app; `app:app` builds one too);
+importing this builds nothing.
 """
 import logging
 import math
 import time
 
+import click
 from flask import Blueprint, Flask, current_app, g, jsonify, make_response, request
 from flask.json.provider import DefaultJSONProvider
+from sqlalchemy.engine import make_url
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
 import openapi
@@ -18,7 +21,7 @@ from pools import ExecutorFailed, PoolRestarted, Pools, Saturated
 from runtime import overload, worker
 from services import primes, public_failure
 from services.api import ApiSource
-from services.db import DbSource
+from services.db import DbSource, init_db
 from services.files import FileSource
 
 bp = Blueprint("service", __name__)
@@ -50,7 +53,7 @@ def create_app(test_config=None):
     app.config.update(settings(test_config))
     cfg = app.config
     app.json = OrderedJSONProvider(app)
-    telemetry.configure_logging(cfg["LOG_LEVEL"])
+    telemetry.configure_logging(cfg["LOG_LEVEL"], cfg["LOG_FORMAT"])
 
     timeout = cfg["REQUEST_TIMEOUT_S"]
     sources = [
@@ -71,8 +74,10 @@ def create_app(test_config=None):
         reconnect_after_s=cfg["DASK_RECONNECT_S"],
     )
 
+    _stand_in_for_flask_run(cfg)
     app.extensions["openapi"] = openapi.document(cfg)
     app.register_blueprint(bp)
+    app.cli.add_command(init_db_command)
     overload.init_app(app, worker.arrived_at)
     app.before_request(_start_request)
     app.after_request(_finish_request)
@@ -86,8 +91,42 @@ def create_app(test_config=None):
     return app
 
 
+def _stand_in_for_flask_run(cfg):
+    # Flask's development loop (flask --app app run) on a fresh clone has no upstream API: when
+    # API_URL is left at the stand-in's address, the stand-in (dev/upstream.py) is served from
+    # the development server's own process. gunicorn never gets here.
+    context = click.get_current_context(silent=True)
+    if context is None or context.info_name != "run":
+        return
+    if cfg["API_URL"] != f"http://127.0.0.1:{cfg['UPSTREAM_PORT']}/":
+        return
+    from dev import upstream
+
+    if upstream.serve_in_thread(cfg["UPSTREAM_PORT"], cfg["API_DELAY_MS"]):
+        telemetry.log.warning("serving the stand-in API on %s for flask run", cfg["API_URL"])
+
+
+def __getattr__(name):
+    """`app.app`, built on first use (PEP 562), for `gunicorn app:app` and other tools that look
+    for one; importing this module still builds nothing."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()["app"] = create_app()
+    return globals()["app"]
+
+
+@click.command("init-db")
+def init_db_command():
+    """Create the quotes table and seed it (flask --app app init-db); safe to run again."""
+    init_db(current_app.config["DATABASE_URL"])
+    click.echo(f"database ready: {make_url(current_app.config['DATABASE_URL'])!r}")
+
+
 def _start_request():
     g.request_id = telemetry.set_request_id(request.headers.get(telemetry.REQUEST_ID_HEADER))
+    # For gunicorn's access log: its atoms include the environ ({service.trace_id}e).
+    request.environ["service.trace_id"] = telemetry.start_trace(
+        request.headers.get(telemetry.TRACEPARENT_HEADER))
     # The budget starts when the request arrived, not when a thread picked it up.
     g.arrived = worker.arrived_at() or time.monotonic()
     g.deadline = g.arrived + current_app.config["REQUEST_TIMEOUT_S"]
@@ -97,6 +136,7 @@ def _finish_request(response):
     response.headers[telemetry.REQUEST_ID_HEADER] = g.request_id
     seconds = time.monotonic() - g.arrived
     route = request.url_rule.rule if request.url_rule else "unmatched"
+    request.environ["service.route"] = route
     telemetry.REQUEST_SECONDS.labels(route, telemetry.method_label(request.method),
                                      response.status_code).observe(seconds)
     # Shed requests (503) are counted in /metrics; a log line each would add to the overload.

@@ -33,6 +33,14 @@ def env_str(name, default):
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
+def env_choice(name, default, choices):
+    """Return environment variable `name`, one of `choices`, or `default` when unset or empty."""
+    value = os.environ.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise SettingError(name, os.environ[name], "one of " + ", ".join(choices))
+    return value
+
+
 def env_bool(name, default):
     """Return environment variable `name` as a bool (one of TRUE_WORDS or FALSE_WORDS), or
     `default` when unset or empty."""
@@ -141,6 +149,8 @@ class Config:
     CPU_CHUNK_MS = env_float("CPU_CHUNK_MS", 20.0)
 
     LOG_LEVEL = env_str("LOG_LEVEL", "info")
+    # text: the lines of telemetry.LOG_FORMAT; json: one JSON object a line (access log too).
+    LOG_FORMAT = env_choice("LOG_FORMAT", "text", ("text", "json"))
 
     # /is_prime caps and the inline/process split.
     PRIME_MAX_ITEMS = env_int("PRIME_MAX_ITEMS", 1000)

@@ -20,6 +20,8 @@ import shutil
 import sys
 import tempfile
 
+from gunicorn import glogging
+
 import pools
 import telemetry
 from config import Config
@@ -73,6 +75,21 @@ control_socket_disable = not Config.CONTROL_SOCKET
 # ERROR_LOG and LOG_LEVEL: gunicorn's own log, where the service's log lines go too.
 errorlog = Config.ERROR_LOG
 loglevel = Config.LOG_LEVEL
+
+
+class JsonLogger(glogging.Logger):
+    """gunicorn's logger, its error and access lines written by telemetry.JsonFormatter."""
+
+    def setup(self, cfg):
+        """Set up as gunicorn does, then give every handler the JSON formatter."""
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                handler.setFormatter(telemetry.JsonFormatter())
+
+
+# LOG_FORMAT: "json" for one JSON object a line, gunicorn's lines and the app's alike.
+logger_class = JsonLogger if Config.LOG_FORMAT == "json" else "gunicorn.glogging.Logger"
 
 # PROMETHEUS_MULTIPROC_DIR: prometheus_client's multiprocess mode, in which every worker writes
 # its samples to files in one directory (telemetry.py). prometheus_client reads the variable when

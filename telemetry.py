@@ -7,6 +7,8 @@ Importing this module does nothing: the metrics are built, and prometheus_client
 first use of one, so any module may import it at its top.
 """
 import contextvars
+import datetime
+import json
 import logging
 import os
 import random
@@ -17,6 +19,10 @@ import threading
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _request_id = contextvars.ContextVar("request_id", default="-")
+# W3C Trace Context (https://www.w3.org/TR/trace-context/): version-traceid-parentid-flags.
+TRACEPARENT_HEADER = "traceparent"
+_VALID_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_trace = contextvars.ContextVar("trace", default=None)  # (trace id, this span's id, flags)
 LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] [%(threadName)s] [rid=%(request_id)s] %(name)s: %(message)s"
 
 log = logging.getLogger("service")
@@ -105,6 +111,30 @@ def current_request_id():
     return _request_id.get()
 
 
+def start_trace(incoming):
+    """Join the caller's W3C trace (a well-formed `traceparent`) or start one; this request is a
+    span of its own in it. Return the trace id."""
+    match = _VALID_TRACEPARENT.fullmatch(incoming.strip().lower()) if incoming else None
+    if (match and match[1] != "ff" and match[2] != "0" * 32 and match[3] != "0" * 16):
+        trace_id, flags = match[2], match[4]
+    else:
+        trace_id, flags = f"{random.getrandbits(128):032x}", "00"
+    _trace.set((trace_id, f"{random.getrandbits(64):016x}", flags))
+    return trace_id
+
+
+def traceparent():
+    """The `traceparent` to send on a call made for the current request (None outside one)."""
+    trace = _trace.get()
+    return None if trace is None else f"00-{trace[0]}-{trace[1]}-{trace[2]}"
+
+
+def current_trace_id():
+    """The trace id of the current request, or "-"."""
+    trace = _trace.get()
+    return "-" if trace is None else trace[0]
+
+
 def describe(error):
     """An exception and its causes as one log line's text ("TimeoutError: ...; from ...")."""
     parts = []
@@ -117,19 +147,55 @@ def describe(error):
 class _RequestIdFilter(logging.Filter):
     def filter(self, record):
         record.request_id = _request_id.get()
+        record.trace_id = current_trace_id()
         return True
 
 
-def configure_logging(level):
-    """Send the service's log lines, each with its request id, to stderr (gunicorn's error log)."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line, for log pipelines (Loki, CloudWatch, ELK): time, level, logger,
+    message, request and trace ids; a line of gunicorn's access log also has the method, route,
+    path, status and duration. The standard library's json, no dependency."""
+
+    def format(self, record):
+        """The record as one line of JSON."""
+        entry = {"time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+                 .isoformat(timespec="milliseconds"),
+                 "level": record.levelname, "logger": record.name, "pid": record.process}
+        atoms = record.args if record.name == "gunicorn.access" else None
+        if isinstance(atoms, dict):  # gunicorn's access atoms; '-' for what is missing
+            entry.update(message=atoms["r"], method=atoms["m"], route=atoms["{service.route}e"],
+                         path=atoms["U"], status=int(atoms["s"]),
+                         duration_ms=round(atoms["D"] / 1000, 3),
+                         request_id=atoms["{x-request-id}o"],
+                         trace_id=atoms["{service.trace_id}e"])
+        else:
+            entry.update(message=record.getMessage(), thread=record.threadName,
+                         request_id=getattr(record, "request_id", None) or _request_id.get(),
+                         trace_id=getattr(record, "trace_id", None) or current_trace_id())
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def formatter(log_format):
+    """The formatter of LOG_FORMAT: "json" (JsonFormatter) or "text" (LOG_FORMAT's lines)."""
+    return JsonFormatter() if log_format == "json" else logging.Formatter(LOG_FORMAT)
+
+
+def configure_logging(level, log_format="text"):
+    """Send the service's log lines, each with its request id, to stderr (gunicorn's error log);
+    with "json", the lines of any other library too (the root logger's)."""
     if any(isinstance(f, _RequestIdFilter) for h in log.handlers for f in h.filters):
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(formatter(log_format))
     handler.addFilter(_RequestIdFilter())
     log.addHandler(handler)
     log.setLevel(level.upper())
     log.propagate = False
+    if log_format == "json":  # else a library's warning goes out as plain text (lastResort)
+        logging.getLogger().addHandler(handler)
+        logging.captureWarnings(True)
 
 
 def method_label(method):

@@ -42,7 +42,8 @@ def create_upstream(delay_ms):
             raise web.HTTPBadRequest(text="delay_ms must be an integer")
         await asyncio.sleep(delay / 1000)
         body = {"source": "upstream", "message": "hello from the upstream API",
-                "serial": next(counter), "delay_ms": delay}
+                "serial": next(counter), "delay_ms": delay,
+                "traceparent": request.headers.get("traceparent")}
         if "drip_ms" in request.query:
             return await _drip(request, json.dumps(body).encode(),
                                int(request.query["drip_ms"]) / 1000)
@@ -69,6 +70,24 @@ async def _exit_with_parent(app):
     task = asyncio.create_task(watch())
     yield
     task.cancel()
+
+
+def serve_in_thread(port, delay_ms, host="127.0.0.1"):
+    """Serve the stand-in on `port` from a daemon thread of this process (`flask run` uses it);
+    False when something already listens there."""
+    import threading
+
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(create_upstream(delay_ms), access_log=None)
+    try:
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, host, port).start())
+    except OSError:  # the port is taken: an upstream may already run there
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+        return False
+    threading.Thread(target=loop.run_forever, name="stand-in-api", daemon=True).start()
+    return True
 
 
 def main(argv=None):

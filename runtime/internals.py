@@ -10,6 +10,7 @@ REQUIRED names every one of those attributes; `missing()` says which are gone, a
 tests/test_internals.py fails naming them when an upgrade of gunicorn or Python moves one
 (gunicorn's version is pinned in requirements.txt).
 """
+import inspect
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.thread import _WorkItem
@@ -19,7 +20,7 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 
 REQUIRED = {
     "ThreadPoolExecutor": ("_work_queue",),
-    "_WorkItem": ("future", "args"),
+    "_WorkItem": ("future",),
     "ThreadWorker": ("nr_conns", "poller", "tpool", "_accepting", "keepalived_conns",
                      "pending_conns", "worker_connections", "set_accept_enabled",
                      "wait_for_and_dispatch_events", "finish_request", "murder_keepalived",
@@ -40,9 +41,24 @@ def work_queue(executor):
     return executor._work_queue
 
 
+# The arguments a ThreadPoolExecutor's work item keeps, by the parameters of its __init__:
+# CPython 3.8-3.13 keep fn, args and kwargs; 3.14 keeps one `task`, (fn, args, kwargs), made by
+# its WorkerContext.resolve_task. Any other shape is named by missing(), so a new CPython fails
+# tests/test_internals.py, not a worker under load.
+WORK_ITEM_SHAPES = {("future", "fn", "args", "kwargs"): lambda item: item.args,
+                    ("future", "task"): lambda item: item.task[1]}
+
+
+def _work_item_shape():
+    return tuple(inspect.signature(_WorkItem.__init__).parameters)[1:]
+
+
+_args_of = WORK_ITEM_SHAPES.get(_work_item_shape())
+
+
 def task_of(item):
     """(future, args) of a queued work item of a ThreadPoolExecutor."""
-    return item.future, item.args
+    return item.future, _args_of(item)
 
 
 def accepting(worker):
@@ -53,12 +69,16 @@ def accepting(worker):
 def missing():
     """The REQUIRED attributes that the installed gunicorn and Python do not have, as
     "Owner.attribute"; empty when all are there."""
+    shape = _work_item_shape()
+    if shape not in WORK_ITEM_SHAPES:
+        return [f"_WorkItem.__init__{shape}"]
     executor = ThreadPoolExecutor(1)
     left, right = socket.socketpair()
     try:
         owners = {
             "ThreadPoolExecutor": executor,
-            "_WorkItem": _WorkItem(None, print, (), {}),
+            "_WorkItem": _WorkItem(None, *([print, (), {}] if "fn" in shape else
+                                          [(print, (), {})])),
             "ThreadWorker": ThreadWorker(0, 0, [], None, 30, GunicornConfig(), None),
             "TConn": TConn(GunicornConfig(), left, ("127.0.0.1", 0), None),
         }

@@ -6,6 +6,7 @@ import socket
 import time
 from urllib.parse import urlsplit
 
+import telemetry
 from runtime.per_process import PerThread
 from services import remaining
 
@@ -94,7 +95,11 @@ class ApiSource:
         if conn.sock is not None:
             conn.sock.settimeout(timeout)
             conn.sock.deadline = deadline
-        conn.request("GET", self._target, headers={"Accept": "application/json"})
+        headers = {"Accept": "application/json"}
+        trace = telemetry.traceparent()
+        if trace:  # the request's W3C trace goes on to the upstream
+            headers[telemetry.TRACEPARENT_HEADER] = trace
+        conn.request("GET", self._target, headers=headers)
         response = conn.getresponse()
         return response, response.read()
 

@@ -114,7 +114,7 @@ class DbSource:
             raise ConnectionError("the database connection or query failed") from exc
 
     def check(self, deadline):
-        """Run SELECT 1: the database answers."""
+        """The quotes table answers a read (a database that opens but has no table is not
+        ready: run `flask --app app init-db`)."""
         remaining(deadline)
-        with self.engine().connect() as conn:
-            conn.execute(select(1)).scalar_one()
+        self._query(self.engine())

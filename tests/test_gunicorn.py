@@ -1,5 +1,6 @@
 """Integration: real gunicorn (gunicorn.conf.py) and the real upstream, with the seed's latency."""
 import gc
+import json
 import importlib.util
 import os
 import signal
@@ -14,7 +15,7 @@ import pytest
 import requests
 
 from dev.harness import ROOT, Service, descendants, free_port, start_upstream, worker_pids
-from tests.helpers import big_primes, timed_get
+from tests.helpers import big_primes, run_clients, timed_get
 
 SEED_PROFILE = {"FILE_DELAY_MS": 100, "DB_DELAY_MS": 200}
 API_DELAY_MS = 300
@@ -247,3 +248,25 @@ def test_a_started_worker_takes_its_switch_interval_and_freezes_what_it_holds(co
     conf.post_worker_init(SimpleNamespace(wsgi=SimpleNamespace(extensions={"pools": pools})))
     assert warmed and sys.getswitchinterval() == pytest.approx(0.017)
     assert gc.get_freeze_count() > 0
+
+
+def test_json_logs_and_the_caller_s_trace_reach_the_log_and_the_upstream(serve):
+    service = serve(LOG_FORMAT="json", ACCESS_LOG="-", LOG_LEVEL="debug")
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traced = requests.get(service.url + "/", timeout=10,
+                          headers={"traceparent": f"00-{trace}-00f067aa0ba902b7-01"})
+    sent_on = traced.json()["result_api"]["traceparent"].split("-")
+    assert sent_on[1] == trace and sent_on[2] != "00f067aa0ba902b7"  # a span of this service
+    results = run_clients(service.url + "/is_prime/7,8", clients=20, per_client=10)
+    assert {status for status, _, _ in results} == {200}
+    requests.get(service.url + "/no-such-page", timeout=10)
+    time.sleep(0.5)  # the last access lines
+    lines = [json.loads(line) for line in service.output().splitlines() if line.strip()]
+    access = [line for line in lines if line["logger"] == "gunicorn.access"]
+    ids = {headers["X-Request-ID"] for _, _, headers in results}
+    assert ids <= {line["request_id"] for line in access}  # every request, by its id
+    assert {line["route"] for line in access} >= {"/", "/is_prime/<numbers>", "unmatched"}
+    [first] = [line for line in access if line["request_id"] == traced.headers["X-Request-ID"]]
+    assert first["trace_id"] == trace and first["status"] == 200 and first["duration_ms"] > 0
+    own = [line for line in lines if line["logger"] == "service"]
+    assert own and all(line["request_id"] != "-" for line in own)  # a line for each request

@@ -1,5 +1,7 @@
 """Request ids, log lines and metrics rendering."""
 import io
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -82,3 +84,45 @@ def _python_with_metrics_dir(metrics_dir, code):
                           timeout=60, env=env)
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+@pytest.mark.parametrize("incoming, joined", [
+    (f"00-{TRACE}-00f067aa0ba902b7-01", True),
+    (f"00-{TRACE.upper()}-00F067AA0BA902B7-01", True),
+    (f"00-{'0' * 32}-00f067aa0ba902b7-01", False),  # an invalid trace id
+    (f"00-{TRACE}-{'0' * 16}-01", False),
+    (f"ff-{TRACE}-00f067aa0ba902b7-01", False),  # a forbidden version
+    (f"00-{TRACE}-00f067aa0ba902b7", False),
+    ("", False),
+    (None, False),
+])
+def test_a_request_joins_a_well_formed_trace_or_starts_one(incoming, joined):
+    trace_id = telemetry.start_trace(incoming)
+    assert (trace_id == TRACE) == joined and len(trace_id) == 32
+    version, sent_trace, span, flags = telemetry.traceparent().split("-")
+    assert (version, sent_trace) == ("00", trace_id) and len(span) == 16
+    assert span != "00f067aa0ba902b7"  # this request is a span of its own
+    assert flags == ("01" if joined else "00")
+
+
+def test_json_lines_carry_the_ids_and_gunicorn_s_access_fields():
+    formatter = telemetry.JsonFormatter()
+    telemetry.set_request_id("r-1")
+    telemetry.start_trace(f"00-{TRACE}-00f067aa0ba902b7-01")
+    record = logging.LogRecord("service", logging.WARNING, __file__, 1, "source %s: %s",
+                               ("api", "timeout"), None)
+    telemetry._RequestIdFilter().filter(record)
+    line = json.loads(formatter.format(record))
+    assert line["message"] == "source api: timeout" and line["level"] == "WARNING"
+    assert (line["request_id"], line["trace_id"]) == ("r-1", TRACE)
+    atoms = {"r": "GET /is_prime/7 HTTP/1.1", "m": "GET", "U": "/is_prime/7", "s": "200",
+             "D": 1500, "{service.route}e": "/is_prime/<numbers>", "{x-request-id}o": "r-2",
+             "{service.trace_id}e": TRACE}
+    access = logging.LogRecord("gunicorn.access", logging.INFO, __file__, 1, "%(r)s", (atoms,),
+                               None)
+    line = json.loads(formatter.format(access))
+    assert line["route"] == "/is_prime/<numbers>" and line["status"] == 200
+    assert (line["method"], line["duration_ms"], line["request_id"]) == ("GET", 1.5, "r-2")
