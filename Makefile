@@ -4,16 +4,28 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-requirements
 
-.PHONY: install run test bench profile load cluster clean
+.PHONY: install lock run test bench profile load cluster clean
 
 install: $(STAMP)
 
-# Re-install whenever requirements.txt changes.
-$(STAMP): requirements.txt
+# The service, Dask and the tools of the tests and benchmarks, each package pinned with its
+# hashes (requirements-dev.lock); re-installed whenever the lock changes. A deployment of the
+# service alone: pip install --require-hashes -r requirements.lock.
+$(STAMP): requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
 	touch $@
+
+# Write the locks anew from requirements.txt, requirements-dask.txt and requirements-dev.txt
+# (pip-tools' pip-compile, in a venv of its own).
+lock:
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet pip-tools==7.7.0
+	for name in requirements requirements-dask requirements-dev; do \
+	  .venv-lock/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	    --no-emit-index-url --no-emit-find-links -o $$name.lock $$name.txt || exit 1; \
+	done
 
 # gunicorn on 127.0.0.1:$(PORT) in the foreground, with the upstream API it starts beside it.
 run: $(STAMP)
@@ -40,4 +52,4 @@ cluster: $(STAMP)
 	exec $(BIN)/python -m deploy.cluster $(CLUSTER_ARGS)
 
 clean:
-	rm -rf $(VENV) instance reports .pytest_cache
+	rm -rf $(VENV) .venv-lock instance reports .pytest_cache

@@ -187,12 +187,12 @@ def start_upstream(delay_ms=0, port=None, exit_with_parent=False):
     return Service(command + ["--exit-with-parent"] * exit_with_parent, port)
 
 
-def start_gunicorn(api_url, data_dir, port=None, cpus=None, **env):
+def start_gunicorn(api_url, data_dir, port=None, cpus=None, python=sys.executable, **env):
     """Start real gunicorn (gunicorn.conf.py) on `port` (a free one by default), reading its API
-    at `api_url` and its database in `data_dir`, on the CPUs `cpus` (all by default); `env`
-    overrides any other setting."""
+    at `api_url` and its database in `data_dir`, on the CPUs `cpus` (all by default), with the
+    interpreter `python` (of another venv, say); `env` overrides any other setting."""
     port = port or free_port()
-    command = [sys.executable, "-m", "gunicorn"]
+    command = [str(python), "-m", "gunicorn"]
     if cpus:  # taskset execs gunicorn: the pid is gunicorn's, and every process below inherits
         command = ["taskset", "--cpu-list", ",".join(map(str, sorted(cpus))), *command]
     settings = {

@@ -8,7 +8,7 @@ The worker, a subclass of gthread's ThreadWorker, also uses its parent's undocum
 
 REQUIRED names every one of those attributes; `missing()` says which are gone, and
 tests/test_internals.py fails naming them when an upgrade of gunicorn or Python moves one
-(gunicorn's version is pinned in requirements.txt).
+(gunicorn's version is pinned in requirements.txt and its lock).
 """
 import inspect
 import socket

@@ -1,5 +1,5 @@
 """The README against the code: its diagrams, configuration table and code map stay true; and
-requirements.txt's service part is what the service imports."""
+requirements.txt is what the service imports, the Dask client apart, and every lock pins it all."""
 import ast
 import importlib.metadata
 import re
@@ -72,6 +72,7 @@ SERVICE_FILES = ["app.py", "config.py", "pools.py", "pages.py", "openapi.py", "t
                  "gunicorn.conf.py", "services/*.py", "runtime/*.py"]
 LOCAL = {"app", "config", "pools", "pages", "openapi", "telemetry", "services", "runtime", "dev"}
 LOADED_BY_URL = {"psycopg2-binary"}  # SQLAlchemy imports it for a postgresql:// URL
+DASK_ONLY = {"distributed", "cloudpickle"}  # runtime/dask_executor.py, for CPU_EXECUTOR=dask://
 
 
 def _normal(name):
@@ -93,13 +94,31 @@ def service_imports():
     return {_normal(dist) for module in modules for dist in distributions[module]}
 
 
-def test_the_service_part_of_requirements_is_what_the_service_imports():
-    lines = (ROOT / "requirements.txt").read_text().splitlines()
-    assert lines[0].startswith("# The service")
-    listed = set()
-    for line in lines[1:]:
-        if line.startswith("#") and listed:  # the next part's heading
-            break
-        if "==" in line:
-            listed.add(_normal(line.split("==")[0]))
-    assert listed - LOADED_BY_URL == service_imports()
+def pinned(name):
+    """The distributions a requirements file pins itself (not those of its -r files)."""
+    return {_normal(line.split("==")[0]) for line in (ROOT / name).read_text().splitlines()
+            if "==" in line and not line.startswith("#")}
+
+
+def locked(name):
+    """The distributions a lock pins, each with at least one hash."""
+    text = (ROOT / name).read_text()
+    entries = re.findall(r"^([A-Za-z0-9_.-]+)==\S+((?: \\\n    --hash=sha256:[0-9a-f]{64})+)",
+                         text, re.M)
+    assert len(entries) == len(re.findall(r"^[A-Za-z0-9_.-]+==", text, re.M)), name
+    return {_normal(dist) for dist, _ in entries}
+
+
+def test_requirements_txt_is_what_the_service_imports_and_dask_apart():
+    # The Dask client is imported only for CPU_EXECUTOR=dask://: requirements-dask.txt.
+    assert pinned("requirements.txt") - LOADED_BY_URL == service_imports() - DASK_ONLY
+    assert pinned("requirements-dask.txt") == DASK_ONLY
+
+
+def test_every_lock_pins_what_its_file_names_with_hashes():
+    for name, parts in [("requirements", ["requirements"]),
+                        ("requirements-dask", ["requirements", "requirements-dask"]),
+                        ("requirements-dev", ["requirements", "requirements-dask",
+                                              "requirements-dev"])]:
+        named = set().union(*(pinned(f"{part}.txt") for part in parts))
+        assert named <= locked(f"{name}.lock"), name
