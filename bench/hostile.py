@@ -94,23 +94,37 @@ def extension_chunks(total_bytes, block_bytes=64 * 1024):
     return [block] * (total_bytes // len(block))
 
 
-class NeverRead:
-    """Connections with a small receive buffer pipelining GET /openapi.json, never reading; each
-    is closed by the server at some point (`closed_after`) or by stop()."""
+class _Held:
+    """Connections that each sent what the kernel took of one request at once, and are held
+    open until stop()."""
 
-    def __init__(self, port, connections, requests_each=300):
+    def __init__(self, port, connections, request, receive_buffer=None):
         self.socks = []
-        request = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * requests_each
         for _ in range(connections):
             sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+            if receive_buffer:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
             sock.connect(("127.0.0.1", port))
             sock.setblocking(False)
             try:
-                sock.send(request)
+                sock.send(request)  # what the kernel takes now; the rest is never sent
             except BlockingIOError:
                 pass
             self.socks.append(sock)
+
+    def stop(self):
+        """Close every connection."""
+        for sock in self.socks:
+            sock.close()
+
+
+class NeverRead(_Held):
+    """Connections with a small receive buffer pipelining GET /openapi.json, never reading,
+    held until the server resets them (closed()) or stop()."""
+
+    def __init__(self, port, connections, requests_each=300):
+        super().__init__(port, connections,
+                         b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * requests_each, 2048)
 
     def closed(self):
         """How many the server has closed (a reset or a FIN, seen without reading answers)."""
@@ -124,11 +138,6 @@ class NeverRead:
             # tcpi_state: 1 ESTABLISHED; 8 CLOSE_WAIT (the server sent its FIN); 7 CLOSE (reset)
             count += info[0] != 1
         return count
-
-    def stop(self):
-        """Close every connection."""
-        for sock in self.socks:
-            sock.close()
 
 
 def worker_usage(pids):
@@ -251,21 +260,13 @@ def made_up_methods(port, count):
     return statuses
 
 
-class NearLimit:
+class NearLimit(_Held):
     """Connections each sending a body just under MAX_BODY_BYTES but its last bytes, then
     stalling; `refused()` counts those the server answered 503 (past MAX_BUFFERED_BYTES)."""
 
     def __init__(self, port, connections, length=1_000_000, sent=900_000):
-        self.socks = []
-        for _ in range(connections):
-            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-            sock.setblocking(False)
-            request = HEAD + b"Content-Length: %d\r\n\r\n" % length + b" " * sent
-            try:
-                sock.send(request)  # what the kernel takes now; the rest is never sent
-            except BlockingIOError:
-                pass
-            self.socks.append(sock)
+        super().__init__(port, connections,
+                         HEAD + b"Content-Length: %d\r\n\r\n" % length + b" " * sent)
 
     def refused(self):
         """How many got a 503 so far."""
@@ -276,11 +277,6 @@ class NearLimit:
             except OSError:
                 pass
         return count
-
-    def stop(self):
-        """Close every connection."""
-        for sock in self.socks:
-            sock.close()
 
 
 if __name__ == "__main__":
