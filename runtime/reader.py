@@ -34,7 +34,7 @@ READ_HEAD_MAX_S; the body likewise from the end of the head, up to READ_BODY_MAX
 that sends nothing is closed after READ_IDLE_TIMEOUT_S (new) or KEEPALIVE (kept alive).
 """
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import httptools
 
@@ -93,7 +93,7 @@ class Request:
     keep_alive: bool = True
     upgrade: bool = False  # asked to switch protocols: answered, then the connection closes
     framed: bool = False  # it had Content-Length or Transfer-Encoding
-    pipelined: bool = field(default=False)  # completed from bytes that waited behind another
+    pipelined: bool = False  # completed from bytes that waited behind another
 
     def header(self, name):
         """The value of the field `name` (lower-case bytes), or None."""
@@ -101,6 +101,11 @@ class Request:
             if key.lower() == name:
                 return value
         return None
+
+    def head_size(self):
+        """About how many bytes its head took on the wire: its line and fields, CRLFs."""
+        return (len(self.method) + len(self.target) + 12 + 2
+                + sum(len(name) + len(value) + 4 for name, value in self.headers))
 
     @property
     def path(self):
@@ -110,10 +115,10 @@ class Request:
     def canonical(self):
         """The request as gunicorn's parser reads it: the same line and fields, its body framed
         by Content-Length alone, and Connection: close if it asked for an upgrade."""
+        dropped = _REFRAMED | {b"connection"} if self.upgrade else _REFRAMED
         lines = [b"%s %s HTTP/%s" % (self.method, self.target, self.version.encode())]
         lines += [b"%s: %s" % (name, value) for name, value in self.headers
-                  if name.lower() not in _REFRAMED
-                  and not (self.upgrade and name.lower() == b"connection")]
+                  if name.lower() not in dropped]
         if self.framed or self.body:
             lines.append(b"Content-Length: %d" % len(self.body))
         if self.upgrade:
@@ -140,13 +145,11 @@ class RequestReader:
         self._body = bytearray()
         self.on_body = self._body.extend
         self._headers = []
-        self._refusal = None  # raised once llhttp returns
         self._upgraded = False
         self._now = now
         self._target = b""
         self._request = None
         self._chunked = False
-        self._head_size = 0
         self._parser = httptools.HttpRequestParser(self)
 
     @property
@@ -180,9 +183,9 @@ class RequestReader:
                 self._head_bytes += len(piece)
             elif self.phase == "body":
                 # llhttp does not say where in a piece the head ended: the head's size is
-                # counted from its parts (on_headers_complete).
+                # counted from its parts.
                 self._body_bytes += len(piece) if before == "body" else max(
-                    0, self._head_bytes + len(piece) - self._head_size)
+                    0, self._head_bytes + len(piece) - self._request.head_size())
             # A Content-Length body was checked whole against the limit with the head; a
             # chunked one is counted on the wire: sizes, extensions, CRLFs and trailers.
             if self._chunked and self._body_bytes > self._limits.max_body_bytes:
@@ -277,12 +280,16 @@ class RequestReader:
         if version not in _VERSIONS:
             raise Refusal(505, f"HTTP/{version} is not supported: send HTTP/1.1 or 1.0",
                           "bad_request")
-        hosts = sum(1 for name, _ in self._headers if name.lower() == b"host")
+        hosts, framing = 0, {}
+        for name, value in self._headers:
+            name = name.lower()
+            if name == b"host":
+                hosts += 1
+            elif name in (b"content-length", b"transfer-encoding", b"expect"):
+                framing[name] = value
         if hosts > 1 or (version == "1.1" and hosts == 0):
             # RFC 9112, section 3.2: a request without exactly one Host is a 400.
             raise Refusal(400, "an HTTP/1.1 request needs exactly one Host field", "bad_request")
-        framing = {name.lower(): value for name, value in self._headers
-                   if name.lower() in (b"content-length", b"transfer-encoding", b"expect")}
         length = framing.get(b"content-length")
         if length is not None and int(length) > self._limits.max_body_bytes:
             raise self._body_too_large()
@@ -293,8 +300,6 @@ class RequestReader:
                                 framed=length is not None or b"transfer-encoding" in framing)
         self.phase, self._phase_start = "body", self._now
         self._chunked = b"transfer-encoding" in framing
-        self._head_size = (len(self._request.method) + len(self._target) + 12 + 2
-                           + sum(len(name) + len(value) + 4 for name, value in self._headers))
         self._body_bytes = 0
 
     def on_message_complete(self):
