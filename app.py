@@ -16,7 +16,7 @@ from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 import openapi
 import pages
 import telemetry
-from config import settings
+from config import settings, stand_in_api_url
 from pools import ExecutorFailed, PoolRestarted, Pools, Saturated
 from runtime import overload, worker
 from services import primes, public_failure
@@ -98,7 +98,7 @@ def _stand_in_for_flask_run(cfg):
     context = click.get_current_context(silent=True)
     if context is None or context.info_name != "run":
         return
-    if cfg["API_URL"] != f"http://127.0.0.1:{cfg['UPSTREAM_PORT']}/":
+    if cfg["API_URL"] != stand_in_api_url(cfg["UPSTREAM_PORT"]):
         return
     from dev import upstream
 

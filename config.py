@@ -62,6 +62,11 @@ def _parsed(name, default, kind, allowed):
         raise SettingError(name, value, allowed) from None
 
 
+def stand_in_api_url(port):
+    """The URL of the stand-in upstream API (dev/upstream.py) listening on `port`."""
+    return f"http://127.0.0.1:{port}/"
+
+
 class Config:
     """Every tunable of the service, read from the environment once, with typed defaults."""
 
@@ -112,7 +117,7 @@ class Config:
     DB_DELAY_MS = env_int("DB_DELAY_MS", 200)
     # 0: a connection for every request thread (each request reads the database once at most).
     DB_POOL_SIZE = env_int("DB_POOL_SIZE", 0)
-    API_URL = env_str("API_URL", f"http://127.0.0.1:{UPSTREAM_PORT}/")
+    API_URL = env_str("API_URL", stand_in_api_url(UPSTREAM_PORT))
     API_DELAY_MS = env_int("API_DELAY_MS", 300)
 
     # Time budget of one request, counted from when its bytes arrived (runtime/worker.py); every

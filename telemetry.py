@@ -177,18 +177,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def formatter(log_format):
-    """The formatter of LOG_FORMAT: "json" (JsonFormatter) or "text" (LOG_FORMAT's lines)."""
-    return JsonFormatter() if log_format == "json" else logging.Formatter(LOG_FORMAT)
-
-
 def configure_logging(level, log_format="text"):
     """Send the service's log lines, each with its request id, to stderr (gunicorn's error log);
     with "json", the lines of any other library too (the root logger's)."""
     if any(isinstance(f, _RequestIdFilter) for h in log.handlers for f in h.filters):
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter(log_format))
+    handler.setFormatter(JsonFormatter() if log_format == "json"
+                         else logging.Formatter(LOG_FORMAT))
     handler.addFilter(_RequestIdFilter())
     log.addHandler(handler)
     log.setLevel(level.upper())
@@ -207,20 +203,24 @@ def method_label(method):
 
 def render_metrics():
     """Return (body, content type) of every metric, summed over all worker processes."""
-    from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry,
-                                   generate_latest, multiprocess)
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
     if not _multiproc_dir():
         return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
-    for attempt in range(3):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+    for _ in range(2):
         try:
-            return generate_latest(registry), CONTENT_TYPE_LATEST
+            return generate_latest(_multiprocess_registry()), CONTENT_TYPE_LATEST
         except FileNotFoundError:  # a dead worker's file merged away between glob and read
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+            pass
+    return generate_latest(_multiprocess_registry()), CONTENT_TYPE_LATEST
+
+
+def _multiprocess_registry():
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
 
 
 def mark_process_dead(pid):

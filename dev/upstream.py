@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import signal
+import threading
 
 from aiohttp import web
 
@@ -75,8 +76,6 @@ async def _exit_with_parent(app):
 def serve_in_thread(port, delay_ms, host="127.0.0.1"):
     """Serve the stand-in on `port` from a daemon thread of this process (`flask run` uses it);
     False when something already listens there."""
-    import threading
-
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(create_upstream(delay_ms), access_log=None)
     try:

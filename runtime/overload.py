@@ -46,7 +46,7 @@ poller thread without a hand-off or gunicorn's parser. Routes that do no work (/
 
 Slow or broken clients are not overload: runtime/reader.py and runtime/worker.py answer them
 (408, 400, 413, 431). The bytes the poller thread writes without gunicorn, theirs and these 503s,
-are built here (json_error, raw_response).
+are built here (json_error, raw_response, closing_error).
 """
 import collections
 import json
@@ -140,6 +140,14 @@ def raw_response(status, headers, body):
     """The bytes of an HTTP/1.1 answer written by the poller thread, without gunicorn."""
     head = "".join(f"{name}: {value}\r\n" for name, value in headers)
     return f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n{head}\r\n".encode("latin-1") + body
+
+
+def closing_error(status, message):
+    """The bytes of an error answered without gunicorn that closes the connection, with a new
+    request id (the poller's 408/400/413/431/501/505, gunicorn's parser refusing a request)."""
+    headers, body = json_error(status, message, [
+        (telemetry.REQUEST_ID_HEADER, telemetry.set_request_id(None)), ("Connection", "close")])
+    return raw_response(status, headers, body)
 
 
 def plain_refusal(request, waited_s, retry_after_s, is_work):

@@ -204,11 +204,8 @@ class GuardedThreadWorker(ThreadWorker):
         if status >= 500:
             self.log.error("Error handling request: %s", telemetry.describe(exc),
                            exc_info=exc)
-        headers, body = overload.json_error(status, message, [
-            (telemetry.REQUEST_ID_HEADER, telemetry.set_request_id(None)),
-            ("Connection", "close")])
         try:
-            client.sendall(overload.raw_response(status, headers, body))
+            client.sendall(overload.closing_error(status, message))
         except OSError:
             pass
         return None
@@ -301,6 +298,7 @@ class GuardedThreadWorker(ThreadWorker):
         if not self._reads_ahead:
             return super().enqueue_req(conn)
         conn.reader = RequestReader(self._limits, time.monotonic())
+        conn.outbox = Outbox(conn.sock)  # the connection's, emptied by each answer's sending
         with contextlib.suppress(OSError, AttributeError):  # not TCP, or not Linux
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT,
                                  KERNEL_UNSENT_BYTES)
@@ -318,7 +316,7 @@ class GuardedThreadWorker(ThreadWorker):
             self._answer(conn, refusal.status, str(refusal), refusal.reason)
             return
         if complete:
-            self._hand_off(conn, reader, fresh=False)
+            self._hand_off(conn, reader)
             return
         self._send_continue(conn, reader)
         self._readers[conn] = reader
@@ -351,7 +349,7 @@ class GuardedThreadWorker(ThreadWorker):
         self._send_continue(conn, reader)
         if complete:
             self._stop_reading(conn)
-            self._hand_off(conn, reader, fresh=True)
+            self._hand_off(conn, reader)
             return
         self._account(reader)
         while self._buffered > self._settings["MAX_BUFFERED_BYTES"]:
@@ -375,14 +373,13 @@ class GuardedThreadWorker(ThreadWorker):
             except OSError:
                 pass  # the read that follows finds the connection gone
 
-    def _hand_off(self, conn, reader, fresh):
+    def _hand_off(self, conn, reader):
         # gunicorn's parser reads the request's canonical bytes, never the socket (one framing:
         # runtime/reader.py). A request that waited behind another starts its clock now.
         conn.request = reader.take()
         now = time.monotonic()
-        conn.arrived = arrival(conn.sock, now) if fresh and not conn.request.pipelined else now
+        conn.arrived = now if conn.request.pipelined else arrival(conn.sock, now)
         conn.parser = http.get_parser(self.cfg, [conn.request.canonical()], conn.client)
-        conn.outbox = Outbox(conn.sock)
         conn.initialized = conn.data_ready = True
         self._in_threads += 1
         super().enqueue_req(conn)
@@ -420,12 +417,9 @@ class GuardedThreadWorker(ThreadWorker):
         close the connection."""
         telemetry.READS_ENDED.labels(reason).inc()
         self.log.info("%s %s from %s: %s", status, reason, _peer(conn), message)
-        headers, body = overload.json_error(status, message, [
-            (telemetry.REQUEST_ID_HEADER, telemetry.set_request_id(None)),
-            ("Connection", "close")])
         try:
             # A few hundred bytes: never blocks.
-            conn.sock.send(overload.raw_response(status, headers, body))
+            conn.sock.send(overload.closing_error(status, message))
         except OSError:
             pass
         self._linger_close(conn)
