@@ -78,7 +78,7 @@ def create_app(test_config=None):
     app.extensions["openapi"] = openapi.document(cfg)
     app.register_blueprint(bp)
     app.cli.add_command(init_db_command)
-    overload.init_app(app, worker.arrived_at)
+    overload.init_app(app, worker.arrived_at, worker.condemned)
     app.before_request(_start_request)
     app.after_request(_finish_request)
     app.register_error_handler(HTTPException, _http_error)

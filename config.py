@@ -75,13 +75,12 @@ class Config:
     BIND = env_str("BIND", f"{HOST}:{PORT}")
     UPSTREAM_PORT = env_int("UPSTREAM_PORT", 8001)
 
-    # gunicorn: one gthread worker per core; each serves WEB_THREADS requests at once. Threads
-    # cap GET / at workers x threads / 0.3 s (Little's law): 128 x 2 capped it at ~850 req/s
-    # where the CPU allowed ~2000; 192 x 2 served 1000-1200 in the same runs. 256 x 2 served
-    # a little more, at more CPU a request and with the one answer past the deadline seen
-    # (8.3 s, 2000 clients): 192 keeps headroom for slower cores (docs/performance.md).
+    # gunicorn: one gthread worker per core, with WEB_THREADS request threads each: the most
+    # requests it may hold in flight. Threads cap GET / at workers x threads / 0.3 s (Little's
+    # law); how many of them run at once is the in-flight limit's (ADAPTIVE_LIMIT), so that more
+    # threads than the cores can serve do not collapse the goodput (docs/performance.md).
     WEB_WORKERS = env_int("WEB_WORKERS", os.cpu_count() or 1)
-    WEB_THREADS = env_int("WEB_THREADS", 192)
+    WEB_THREADS = env_int("WEB_THREADS", 512)
     # Pin each worker to a CPU of its own (Linux), so its threads pass the GIL on one core.
     PIN_WORKERS = env_bool("PIN_WORKERS", True)
     # Freeze what a worker holds once started, so full collections skip it (gunicorn.conf.py).
@@ -127,6 +126,14 @@ class Config:
     # (0.3 s) is still in time.
     REQUEST_TIMEOUT_S = env_float("REQUEST_TIMEOUT_S", 2.0)
     MAX_QUEUE_WAIT_S = env_float("MAX_QUEUE_WAIT_S", 1.0)
+    # Once the queue has stood for 100 ms, a request that waited this long is refused at once
+    # (CoDel, as in Maurer's "Fail at Scale"): refusals in milliseconds, not after a second.
+    QUEUE_TARGET_MS = env_float("QUEUE_TARGET_MS", 5.0)
+    # Admit only as many requests at once as finish within LIMIT_TARGET x REQUEST_TIMEOUT_S on
+    # average (runtime/limit.py), between MIN_LIMIT and WEB_THREADS; off: WEB_THREADS.
+    ADAPTIVE_LIMIT = env_bool("ADAPTIVE_LIMIT", True)
+    LIMIT_TARGET = env_float("LIMIT_TARGET", 0.5)
+    MIN_LIMIT = env_int("MIN_LIMIT", 16)
     RETRY_AFTER_S = env_int("RETRY_AFTER_S", 1)
     READY_TIMEOUT_S = env_float("READY_TIMEOUT_S", 1.0)
 

@@ -3,11 +3,13 @@ named here; a route declares whether it does work (@work), and only work is refu
 
     where                         when                                        answer
     -----                         ----                                        ------
-    worker, accept                every thread of this worker is busy         none yet: another
-      (runtime/worker.py)                                                       worker may take it
+    worker, accept                as many requests as its in-flight limit     none yet: another
+      (runtime/worker.py)           are with its threads                      worker may take it
                                                                                 (ACCEPT_YIELD_S)
-    worker, poller thread         a plain keep-alive GET of a work route      503, written by
-      (plain_refusal)               waited MAX_QUEUE_WAIT_S in the queue        the poller
+    worker, poller thread,        the queue stands and already holds what     503, written by
+      at hand-off (full)            the threads take in QUEUE_TARGET_MS         the poller
+    worker, poller thread,        a plain keep-alive GET of a work route      503, written by
+      after each turn               waited past its bound (below)              the poller
     request thread, before Flask  any other work request that waited so long  503, no Flask
       (ShedBeforeApp)
     request thread, in the pools  its reads find the thread pool full, or     503 (Saturated)
@@ -19,30 +21,32 @@ Which waiting request a free thread takes (AdaptiveLifoQueue, the executor's que
 
     gthread poller thread       request queue (AdaptiveLifoQueue)       request thread
     ---------------------       ---------------------------------       --------------
-    a request is readable -->   stamped, queued                    -->  ShedBeforeApp
-    after each loop turn:       a thread takes, in this order:             waited too long:
-      pop_expired: a plain        the oldest, if it waited past                503, no Flask
-      GET gets its 503 here         MAX_QUEUE_WAIT_S (to be refused)       else: Flask
-      (plain_refusal),            the oldest, while the queue keeps
-      the rest is put back          emptying (FIFO: fair, all in time)
+    a request is read whole --> full? 503 at once (no hand-off)
+                                else stamped, queued               -->  ShedBeforeApp
+    after each loop turn:       a thread takes one, while fewer than       condemned:
+      pop_expired: a plain        the in-flight limit run                      503, no Flask
+      GET gets its 503 here       (runtime/limit.py), in this order:       else: Flask
+      (plain_refusal),            the oldest, if it waited past its
+      the rest is put back          bound (condemned, to be refused)
+                                  the oldest, while the queue keeps
+                                    emptying (FIFO: fair, all in time)
                                   the newest, once it has not emptied
                                     for CONGESTION_S (LIFO)
 
 Under overload a FIFO queue makes every request wait as long as the queue is deep: once that
 passes the deadline, every request is too late and the goodput collapses. Adaptive LIFO (Maurer,
 "Fail at Scale", ACM Queue 2015: Facebook's servers) serves the newest first while the queue is
-congested, so what is served is served in time, and the requests left at the bottom are refused
-once they have waited MAX_QUEUE_WAIT_S, which bounds every answer. As in CoDel (Nichols and
-Jacobson, "Controlling Queue Delay", 2012), congestion is a queue that has not emptied for a
-while, and what is bounded is the time a request waits, not the length of the queue.
+congested, so what is served is served in time. The bound on a request's wait is CoDel's, as in
+the same paper (Nichols and Jacobson, "Controlling Queue Delay", 2012): MAX_QUEUE_WAIT_S while
+the queue keeps emptying, QUEUE_TARGET_MS (5 ms) once it has stood for CONGESTION_S, so that a
+request that will not be served is told so in milliseconds (issue 24), not after a second. A
+queue emptied by refusals still stands: the refused clients are back at once.
 
-Refusing at arrival instead (a concurrency limit, as in Netflix's concurrency-limits or Envoy's
-adaptive concurrency) answers faster, but a client that retries at once (wrk does, ignoring
-Retry-After) then spends the CPU on a storm of refusals: measured here, it gave fewer 200s at
-1000 and 2000 clients (docs/performance.md). A refused request waits, and costs one 503 that
-never reaches Flask: 0.15 ms of CPU against 1.94 ms for a 200, most of them answered by the
-poller thread without a hand-off or gunicorn's parser. Routes that do no work (/healthz,
-/readyz, /metrics, /openapi.json) are never refused.
+The cheapest refusal is at hand-off: a plain GET that arrives while the queue stands and already
+holds what the threads will take within the target is answered by the poller without a hand-off,
+gunicorn's parser or a thread. Routes that do no work (/healthz, /readyz, /metrics,
+/openapi.json) are never refused. A refusal is not free: a client that asks again at once (hey,
+wrk) makes a storm of them, which takes CPU the 200s would have had (docs/performance.md).
 
 Slow or broken clients are not overload: runtime/reader.py and runtime/worker.py answer them
 (408, 400, 413, 431). The bytes the poller thread writes without gunicorn, theirs and these 503s,
@@ -81,10 +85,11 @@ def work_paths(app):
     return lambda path: path in exact or path.startswith(prefixes)
 
 
-def init_app(app, arrived_at):
+def init_app(app, arrived_at, condemned):
     """Refuse in front of `app` the work requests that waited too long (ShedBeforeApp), once
     its routes are registered; the worker finds the same test of paths in app.extensions."""
-    app.wsgi_app = ShedBeforeApp(app.wsgi_app, app.config, arrived_at, work_paths(app))
+    app.wsgi_app = ShedBeforeApp(app.wsgi_app, app.config, arrived_at, condemned,
+                                 work_paths(app))
     app.extensions["overload"] = app.wsgi_app
 
 
@@ -95,13 +100,14 @@ def work_test_of(wsgi_app):
 
 
 class ShedBeforeApp:
-    """WSGI middleware: answers 503 for a work request that waited longer than MAX_QUEUE_WAIT_S
-    for a thread, without running Flask (AdaptiveLifoQueue makes the others the ones that wait)."""
+    """WSGI middleware: answers 503 for a work request that waited past its bound for a thread
+    (AdaptiveLifoQueue condemned it, or it waited MAX_QUEUE_WAIT_S), without running Flask."""
 
-    def __init__(self, wsgi_app, config, arrived_at, is_work):
+    def __init__(self, wsgi_app, config, arrived_at, condemned, is_work):
         self._app = wsgi_app
         self._config = config  # read per request: tests and operators may change it live
         self._arrived_at = arrived_at
+        self._condemned = condemned
         self.is_work = is_work
 
     def __call__(self, environ, start_response):
@@ -109,7 +115,7 @@ class ShedBeforeApp:
         stamp = self._arrived_at()
         if stamp and self.is_work(environ.get("PATH_INFO", "")):
             waited = time.monotonic() - stamp
-            if waited > self._config["MAX_QUEUE_WAIT_S"]:
+            if self._condemned() or waited > self._config["MAX_QUEUE_WAIT_S"]:
                 return self._refuse(environ, start_response, waited)
         return self._app(environ, start_response)
 
@@ -169,58 +175,139 @@ def plain_refusal(request, waited_s, retry_after_s, is_work):
 
 
 class AdaptiveLifoQueue:
-    """The work queue of a ThreadPoolExecutor (put, get, get_nowait, qsize): FIFO while it keeps
-    emptying, newest first once congested, and an item that waited past `max_wait_s` first of all
-    (its request is then refused at once). `max_wait_s` may be set later (the worker reads its
-    settings after it made its executor)."""
+    """The work queue of a ThreadPoolExecutor (put, get, get_nowait, qsize), and the worker's
+    admission: a thread takes a request only while fewer than `limit.current` run (a
+    runtime/limit.AdaptiveLimit; None: as many as there are threads). FIFO while the queue keeps
+    emptying, newest first once it has stood for CONGESTION_S; a request that waited past its
+    bound is taken out to be refused: `max_wait_s` while the queue keeps emptying, `target_s`
+    once it stands (CoDel). The bounds may be set later (the worker reads its settings after it
+    made its executor)."""
 
-    def __init__(self, max_wait_s=math.inf):
+    def __init__(self, max_wait_s=math.inf, target_s=None, limit=None):
         self.max_wait_s = max_wait_s
+        self.target_s = max_wait_s if target_s is None else target_s
+        self.limit = limit
         self._items = collections.deque()  # (time queued, item), oldest on the left
         # Expired items the poller thread handed back (put_back): a thread refuses them first,
         # and pop_expired does not look at them again.
         self._to_refuse = collections.deque()
         self._ready = threading.Condition(threading.Lock())
         self._empty_at = time.monotonic()
+        # The queue was last emptied by refusals, not by threads: it still stands (a burst of
+        # refused clients that ask again at once must not find a queue that looks calm).
+        self._emptied_by_refusal = False
+        self._in_flight = 0  # items taken under the limit whose run has not finished
+        self._closing = False  # the executor is shutting down: its threads take None at once
+        self._taken = threading.local()  # what this thread took: admitted, condemned
+        # Items threads take per second, counted over windows of CONGESTION_S.
+        self._take_rate = 0.0
+        self._takes = 0
+        self._window_start = time.monotonic()
+
+    @property
+    def in_flight(self):
+        """Requests admitted under the limit and not finished."""
+        return self._in_flight
 
     def put(self, item, block=True, timeout=None):
         """Queue an item (never blocks: the queue has no bound)."""
         with self._ready:
             now = time.monotonic()
-            if not self._items:
+            if not self._items and not self._emptied_by_refusal:
                 self._empty_at = now
+            self._closing = self._closing or item is None
             self._items.append((now, item))
-            self._ready.notify()
+            if self._admits():  # else a thread would wake only to wait again (issue 24)
+                self._ready.notify()
 
     def get(self, block=True, timeout=None):
-        """Take the next item, as the class says; wait for one if `block`."""
+        """Take the next item, as the class says; wait for one, and for room under the limit,
+        if `block`."""
         with self._ready:
-            if not self._ready.wait_for(lambda: self._items or self._to_refuse,
-                                        timeout if block else 0):
+            self._release()  # the last item this thread took never ran (its future was cancelled)
+            if not self._ready.wait_for(lambda: self._to_refuse or self._items and (
+                    not block or self._admits()), timeout if block else 0):
                 raise queue.Empty
-            if self._to_refuse:
+            taken = self._taken
+            taken.condemned = bool(self._to_refuse)
+            if taken.condemned:
                 return self._to_refuse.popleft()
             now = time.monotonic()
             queued_at, item = self._items[0]
-            if (now - self._empty_at < CONGESTION_S
-                    or now - queued_at > self.max_wait_s):
+            taken.condemned = now - queued_at > self.wait_bound(now)
+            if taken.condemned or now - self._empty_at < CONGESTION_S:
                 self._items.popleft()
             else:
                 _, item = self._items.pop()
-            if not self._items:
-                self._empty_at = now
+            if not self._items and not taken.condemned:
+                self._empty_at, self._emptied_by_refusal = now, False
+            taken.admitted = block and item is not None and not taken.condemned
+            self._in_flight += taken.admitted
+            self._takes += item is not None
+            if now - self._window_start >= CONGESTION_S:
+                self._take_rate = self._takes / (now - self._window_start)
+                self._window_start, self._takes = now, 0
             return item
 
+    def full(self, now):
+        """Whether a request queued now would likely wait past `target_s`: the queue has stood
+        for CONGESTION_S and holds what the threads take in `target_s` or more. The poller then
+        refuses a plain GET at once, before any hand-off (runtime/worker.py)."""
+        return (now - self._empty_at >= CONGESTION_S and self._items
+                and len(self._items) >= self._take_rate * self.target_s)
+
+    def condemned(self):
+        """Whether the item this thread took last is to be refused (it waited past its bound)."""
+        return getattr(self._taken, "condemned", False)
+
+    def finished(self, ran_s):
+        """The item this thread took has run, for `ran_s`: its place under the limit is free,
+        and the limit learns from its latency."""
+        with self._ready:
+            in_flight, admitted = self._in_flight, self._release()
+        if admitted and self.limit is not None:
+            before = self.limit.current
+            self.limit.sample(ran_s, in_flight, time.monotonic())
+            if self.limit.current > before:
+                with self._ready:
+                    self._ready.notify(self.limit.current - before)
+
+    def _release(self):
+        if not getattr(self._taken, "admitted", False):
+            return False
+        self._taken.admitted = False
+        self._in_flight -= 1
+        if self._items:
+            self._ready.notify()
+        return True
+
+    def _admits(self):
+        return self._closing or self.limit is None or self._in_flight < self.limit.current
+
+    def wait_bound(self, now):
+        """How long a request may wait now: `target_s` once the queue has stood for
+        CONGESTION_S, else `max_wait_s`."""
+        return self.target_s if now - self._empty_at >= CONGESTION_S else self.max_wait_s
+
+    def next_expiry(self):
+        """When the oldest item waiting will have waited past its bound (monotonic), or None."""
+        with self._ready:
+            if not self._items:
+                return None
+            oldest = self._items[0][0]
+            return min(oldest + self.max_wait_s,
+                       max(self._empty_at + CONGESTION_S, oldest + self.target_s))
+
     def pop_expired(self):
-        """Take every request that waited past `max_wait_s`, oldest first, as (time, item)."""
+        """Take every request that waited past its bound, oldest first, as (time, item)."""
         with self._ready:
             now = time.monotonic()
+            bound = self.wait_bound(now)
             expired = []
             while self._items and self._items[0][1] is not None \
-                    and now - self._items[0][0] > self.max_wait_s:
+                    and now - self._items[0][0] > bound:
                 expired.append(self._items.popleft())
-            if expired and not self._items:
-                self._empty_at = now
+            self._emptied_by_refusal = self._emptied_by_refusal or bool(expired and not self._items)
             return expired
 
     def put_back(self, item):

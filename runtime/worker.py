@@ -28,16 +28,19 @@ in the socket for the poller thread too (hundreds of ms at 2000 clients here; un
 made 200s that reached the client after its deadline). The app counts the wait (`arrived_at`)
 against the request's deadline and sheds what is already too late.
 
-Adaptive LIFO. The same executor's queue serves the oldest request first while it keeps
-emptying, and the newest once it is congested. A request that waited past MAX_QUEUE_WAIT_S is
-refused before the app runs: by this worker's poller thread after each turn of its loop when it
-is a plain keep-alive GET, or else by a request thread. runtime/overload.py decides who is
+Admission. The same executor's queue (runtime/overload.AdaptiveLifoQueue) lets a thread take a
+request only while fewer than the in-flight limit run (runtime/limit.py: it follows the latency
+requests see against their deadline), serves the oldest first while it keeps emptying and the
+newest once it is congested, and bounds each request's wait (CoDel: MAX_QUEUE_WAIT_S, 5 ms once
+the queue stands). A request refused is refused before the app runs: a plain keep-alive GET by
+this worker's poller thread, at hand-off when the queue is full or after each turn of its loop
+once it waited too long; anything else by a request thread. runtime/overload.py decides who is
 refused, and how; this worker only calls it.
 
 Accept hold-back. Workers share one listening socket and the quickest to wake wins each
 connection, so a worker pinned beside the load generator got 31 of 200 kept-alive connections
-here and the other 169, more than its threads: those requests queued and were shed. A worker whose
-threads are all busy therefore stops accepting for ACCEPT_YIELD_S, leaving new connections to the
+here and the other 169, more than its threads: those requests queued and were shed. A worker that
+holds as many requests as its in-flight limit therefore stops accepting for ACCEPT_YIELD_S, leaving new connections to the
 others, and then takes every connection still waiting. `_yield_until` is the whole state (0 when
 not holding back), and three of gthread's methods act on it:
 
@@ -75,6 +78,7 @@ from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, ThreadWorker
 import config
 import telemetry
 from runtime import internals, overload
+from runtime.limit import AdaptiveLimit
 from runtime.outbox import Outbox
 from runtime.reader import Limits, Refusal, RequestReader
 
@@ -100,6 +104,11 @@ def arrived_at():
     """Monotonic time at which the current request arrived (see Arrival stamps), or None outside
     this worker."""
     return getattr(_local, "arrived_at", None)
+
+
+def condemned():
+    """Whether the current request waited in the queue past its bound, and is to be refused."""
+    return getattr(_local, "condemned", False)
 
 
 class GuardedThreadWorker(ThreadWorker):
@@ -133,6 +142,11 @@ class GuardedThreadWorker(ThreadWorker):
             self.cfg, "http2_cleartext", None) not in ("prior-knowledge", "both")
         self._work_queue = internals.work_queue(self.tpool)
         self._work_queue.max_wait_s = settings["MAX_QUEUE_WAIT_S"]
+        self._work_queue.target_s = settings["QUEUE_TARGET_MS"] / 1000
+        if settings["ADAPTIVE_LIMIT"]:
+            self._work_queue.limit = AdaptiveLimit(
+                min(settings["MIN_LIMIT"], self.cfg.threads), self.cfg.threads,
+                settings["LIMIT_TARGET"] * settings["REQUEST_TIMEOUT_S"])
 
     def get_thread_pool(self):
         """Return gthread's executor: each task stamped with when its request arrived, and queued
@@ -145,7 +159,7 @@ class GuardedThreadWorker(ThreadWorker):
         if self._yield_until:
             self._yield_until = 0.0  # set_accept_enabled let this call through: it has ended
             self._drain(listener)
-        elif self.cfg.workers > 1 and self._busy_threads() >= self.cfg.threads:
+        elif self.cfg.workers > 1 and self._is_full():
             self._yield_until = time.monotonic() + ACCEPT_YIELD_S
             self.set_accept_enabled(False)
         else:
@@ -165,6 +179,9 @@ class GuardedThreadWorker(ThreadWorker):
             timeout = min(timeout, left)
         if self._readers or self._closing or self._sending:
             timeout = min(timeout, SWEEP_S)
+        expiry = self._work_queue.next_expiry() if self._reads_ahead else None
+        if expiry is not None:  # refuse what waited too long within a millisecond of it
+            timeout = min(timeout, max(0.0, expiry - time.monotonic()) + 0.001)
         super().wait_for_and_dispatch_events(timeout)
         self._refuse_expired()
 
@@ -379,10 +396,30 @@ class GuardedThreadWorker(ThreadWorker):
         conn.request = reader.take()
         now = time.monotonic()
         conn.arrived = now if conn.request.pipelined else arrival(conn.sock, now)
+        if self._work_queue.full(now) and self._refuse_at_once(conn, now):
+            return
         conn.parser = http.get_parser(self.cfg, [conn.request.canonical()], conn.client)
         conn.initialized = conn.data_ready = True
         self._in_threads += 1
         super().enqueue_req(conn)
+
+    def _refuse_at_once(self, conn, now):
+        # The cheapest refusal: a 503 written here, no hand-off, no queue, no thread (issue 24).
+        answer = overload.plain_refusal(conn.request, now - conn.arrived,
+                                        self._settings["RETRY_AFTER_S"], self._is_work)
+        if not answer:
+            return False
+        try:
+            conn.outbox.sendall(answer)
+        except OSError:  # the client went away
+            self._close(conn)
+            return True
+        conn.keep_alive = True
+        if conn.outbox.pending:
+            self._send(conn)
+        else:
+            self._answered(conn)
+        return True
 
     def _stop_reading(self, conn):
         reader = self._readers.pop(conn)
@@ -463,7 +500,7 @@ class GuardedThreadWorker(ThreadWorker):
         # thread, gunicorn's parser and the WSGI middleware, several times that
         # (docs/performance.md).
         for queued_at, item in self._work_queue.pop_expired():
-            future, (_, _, conn) = internals.task_of(item)  # _run_stamped(stamp, handle, conn)
+            future, (*_, conn) = internals.task_of(item)  # _run_stamped(..., handle, conn)
             answer = self._reads_ahead and overload.plain_refusal(
                 conn.request, time.monotonic() - queued_at, self._settings["RETRY_AFTER_S"],
                 self._is_work)
@@ -485,11 +522,13 @@ class GuardedThreadWorker(ThreadWorker):
             if self.nr_conns == held:
                 break
 
-    def _busy_threads(self):
-        if self._reads_ahead:
-            return self._in_threads
-        # Connections not waiting in the poller are with the executor: running or queued.
-        return self.nr_conns - len(self.keepalived_conns) - len(self.pending_conns)
+    def _is_full(self):
+        if not self._reads_ahead:
+            # Connections not waiting in the poller are with the executor: running or queued.
+            busy = self.nr_conns - len(self.keepalived_conns) - len(self.pending_conns)
+            return busy >= self.cfg.threads
+        limit = self._work_queue.limit  # past it, a request would wait for room, not a thread
+        return self._in_threads >= (limit.current if limit else self.cfg.threads)
 
 
 def _forget(conn):
@@ -553,18 +592,24 @@ def _peer(conn):
 class _StampingExecutor(ThreadPoolExecutor):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        # No thread has started yet. The wait that expires a request is set with the settings.
-        internals.set_work_queue(self, overload.AdaptiveLifoQueue())
+        # No thread has started yet. The waits that expire a request, and the in-flight limit,
+        # are set with the settings.
+        self.work_queue = overload.AdaptiveLifoQueue()
+        internals.set_work_queue(self, self.work_queue)
 
     def submit(self, fn, /, *args, **kwargs):
         # gthread submits (handle, conn); a connection read here knows when it arrived.
         stamp = getattr(args[0], "arrived", None) if args else None
-        return super().submit(_run_stamped, stamp or time.monotonic(), fn, *args, **kwargs)
+        return super().submit(_run_stamped, self.work_queue, stamp or time.monotonic(), fn,
+                              *args, **kwargs)
 
 
-def _run_stamped(stamp, fn, *args, **kwargs):
+def _run_stamped(work_queue, stamp, fn, *args, **kwargs):
     _local.arrived_at = stamp
+    _local.condemned = work_queue.condemned()
     try:
         return fn(*args, **kwargs)
     finally:
         _local.arrived_at = None
+        # The limit learns from what the client waited: from arrival, not from this start.
+        work_queue.finished(time.monotonic() - stamp)

@@ -120,3 +120,80 @@ def test_a_plain_get_gets_a_503_of_its_own():
 ])
 def test_anything_else_is_left_for_a_request_thread(request_bytes):
     assert overload.plain_refusal(parsed(request_bytes), 1.5, 1, IS_WORK) is None
+
+
+class FixedLimit:
+    """An in-flight limit that does not move, and records what it was told."""
+
+    def __init__(self, current):
+        self.current = current
+        self.samples = []
+
+    def sample(self, rtt_s, in_flight, now):
+        self.samples.append((rtt_s, in_flight))
+
+
+def test_a_thread_takes_a_request_only_while_the_limit_has_room():
+    lifo = overload.AdaptiveLifoQueue(LONG_WAIT_S, limit=FixedLimit(1))
+    lifo.put("a")
+    lifo.put("b")
+    with ThreadPoolExecutor(1) as other:
+        assert other.submit(lifo.get).result(timeout=5) == "a" and lifo.in_flight == 1
+        with pytest.raises(queue.Empty):
+            lifo.get(timeout=0.05)  # "b" waits: the one place is taken
+        other.submit(lifo.finished, 0.25).result(timeout=5)  # "a" has run
+    assert lifo.in_flight == 0 and lifo.limit.samples == [(0.25, 1)]
+    assert lifo.get(timeout=1) == "b"
+
+
+def test_a_taken_request_that_never_ran_frees_its_place_at_the_next_get():
+    lifo = overload.AdaptiveLifoQueue(LONG_WAIT_S, limit=FixedLimit(1))
+    lifo.put("cancelled")
+    lifo.put("next")
+    assert lifo.get() == "cancelled"  # its future was cancelled: finished() is never called
+    assert lifo.get(timeout=1) == "next" and lifo.in_flight == 1
+
+
+def test_shutdown_wakes_threads_waiting_for_room():
+    lifo = overload.AdaptiveLifoQueue(LONG_WAIT_S, limit=FixedLimit(0))
+    lifo.put(None)  # ThreadPoolExecutor.shutdown's wake-up
+    assert lifo.get(timeout=1) is None
+
+
+def test_once_the_queue_stands_a_request_may_wait_only_the_target():
+    lifo = overload.AdaptiveLifoQueue(LONG_WAIT_S, target_s=0.005)
+    lifo.put("old")
+    time.sleep(0.02)
+    assert lifo.pop_expired() == []  # not congested yet: the long bound holds
+    time.sleep(overload.CONGESTION_S)
+    lifo.put("new")
+    assert [item for _, item in lifo.pop_expired()] == ["old"]  # congested: 5 ms
+    assert lifo.next_expiry() <= time.monotonic() + 0.005
+
+
+def test_an_expired_request_taken_by_a_thread_is_condemned_and_holds_no_place():
+    lifo = overload.AdaptiveLifoQueue(LONG_WAIT_S, target_s=0.005, limit=FixedLimit(5))
+    lifo.put("old")
+    time.sleep(overload.CONGESTION_S * 1.5)
+    lifo.put("new")
+    assert lifo.get() == "old" and lifo.condemned() and lifo.in_flight == 0
+    assert lifo.get() == "new" and not lifo.condemned() and lifo.in_flight == 1
+
+
+def test_a_standing_queue_deeper_than_what_threads_take_in_the_target_is_full():
+    lifo = overload.AdaptiveLifoQueue(LONG_WAIT_S, target_s=0.005, limit=FixedLimit(1000))
+    assert not lifo.full(time.monotonic())  # empty
+    for item in range(201):
+        lifo.put(item)
+    time.sleep(overload.CONGESTION_S)
+    for _ in range(200):  # ~2000 a second over the next window: ~10 in the 5 ms target
+        lifo.get()
+    time.sleep(overload.CONGESTION_S)
+    lifo.get()  # ends the window
+    for item in range(3):
+        lifo.put(item)
+    time.sleep(overload.CONGESTION_S)
+    assert not lifo.full(time.monotonic())  # 3 wait: taken within the target
+    for item in range(27):
+        lifo.put(item)
+    assert lifo.full(time.monotonic())
