@@ -25,7 +25,7 @@ from gunicorn import glogging
 import pools
 import telemetry
 from config import Config
-from runtime import dask_executor, pinning, pool_child
+from runtime import dask_executor, host_cpu, pinning, pool_child
 from services.db import init_db
 
 # What to serve: the app factory, so importing app.py builds nothing (flaskr's create_app).
@@ -104,6 +104,7 @@ def on_starting(server):
     """Check CPU_EXECUTOR, empty the metrics directory (and remove dead masters' ones), and
     seed the database once."""
     dask_executor.parse(Config.CPU_EXECUTOR)  # a bad setting stops gunicorn here, saying why
+    host_cpu.init()  # before any worker is forked: they all share it
 
     _remove_dead_masters_metrics()
     os.makedirs(_metrics_dir, exist_ok=True)
@@ -158,5 +159,7 @@ def worker_exit(server, worker):
 
 
 def child_exit(server, worker):
-    """In the master: drop the dead worker's live gauges, fold its counts into the archive."""
+    """In the master: drop the dead worker's live gauges, fold its counts into the archive,
+    free its slot of the host's CPU ledger."""
     telemetry.mark_process_dead(worker.pid)
+    host_cpu.release(worker.pid)

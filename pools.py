@@ -36,6 +36,7 @@ import contextvars
 import heapq
 import inspect
 import itertools
+import math
 import multiprocessing
 import os
 import threading
@@ -47,7 +48,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import telemetry
-from runtime import dask_executor, pool_child
+from runtime import dask_executor, host_cpu, pool_child
 from runtime.loop_thread import LoopThread
 from runtime.per_process import PerProcess
 
@@ -57,6 +58,12 @@ NOMINAL_COST_S = 0.001
 # A chunk still running this long after its deadline is taken as lost (a Dask cluster that went
 # away may never resolve its futures) and no longer holds a place in the CPU queue.
 LOST_AFTER_S = 1.0
+# How a chunk's measured time moves the scale of the estimates, and the scale's bounds.
+SCALE_WEIGHT = 0.2
+MIN_SCALE, MAX_SCALE = 0.5, 50.0
+# Only chunks estimated at this much teach the scale: in a smaller one, the hand-off to a pool
+# process (about a millisecond) outweighs the work.
+LEARN_FROM_S = 0.005
 _CHILD_DIED = "a prime-check process died; the pool was rebuilt"
 # What a client is told when the Dask cluster fails a check; the details (its address, the
 # workers' error) go to the log with the request id (issue 23, item 6).
@@ -126,10 +133,18 @@ class _Gate:
 
 class _CpuQueue:
     """Chunks of CPU work waiting for the executor: the cheapest batch first, at most `size` in
-    the executor at once, and a batch admitted only if it can finish by its deadline."""
+    the executor at once, and a batch admitted only if it can finish by its deadline, both on
+    this worker's `size` processes and on the host's `host_cores`, which every worker's pool
+    shares (runtime/host_cpu.py)."""
 
-    def __init__(self, size, executor):
+    def __init__(self, size, executor, host_cores):
         self.size = size
+        self.host_cores = host_cores
+        self._slot = host_cpu.slot()  # None without a host ledger: this worker alone counts
+        # Seconds a chunk takes to run per second of its estimate, as measured (an exponential
+        # average): estimates made on an idle core, or of numbers cheaper than they look, would
+        # otherwise admit batches that end 504 (issue 24).
+        self._scale = 1.0
         self._executor = executor  # returns the current executor (a broken one is replaced)
         self._waiting = []  # a heap of (priority, order of arrival, _Chunk)
         self._arrivals = itertools.count()
@@ -141,6 +156,7 @@ class _CpuQueue:
         """Queue fn(chunk) for every chunk, or none (Saturated) if the estimated work ahead of
         them and their own `costs` (CPU seconds) cannot be done on `size` processes by the
         deadline; return a Future each."""
+        costs = [cost * self._scale for cost in costs]
         with self._lock:
             # Cancelled chunks (their request passed its deadline) leave the queue here.
             self._waiting = [entry for entry in self._waiting
@@ -149,10 +165,13 @@ class _CpuQueue:
             self._forget_lost()
             ahead = sum(chunk.cost for chunk in self._running)
             ahead += sum(entry[2].cost for entry in self._waiting if entry[0] <= priority)
-            if (ahead + sum(costs)) / self.size > deadline - time.monotonic():
+            left, own = deadline - time.monotonic(), sum(costs)
+            on_host = ahead + own + host_cpu.others(self._slot)
+            if (ahead + own) / self.size > left or on_host / self.host_cores > left:
                 telemetry.REJECTED.labels("process_pool_full").inc()
                 raise Saturated("process")
-            new = [_Chunk(fn, chunk, cost, deadline) for chunk, cost in zip(chunks, costs)]
+            new = [_Chunk(fn, chunk, cost, deadline, cost / self._scale)
+                   for chunk, cost in zip(chunks, costs)]
             for chunk in new:
                 heapq.heappush(self._waiting, (priority, next(self._arrivals), chunk))
             self._publish()
@@ -190,6 +209,7 @@ class _CpuQueue:
             while self._waiting and len(self._running) < self.size:
                 _, _, chunk = heapq.heappop(self._waiting)
                 if chunk.future.set_running_or_notify_cancel():
+                    chunk.started = time.monotonic()
                     self._running.append(chunk)
                     self._publish()
                     return chunk
@@ -199,6 +219,11 @@ class _CpuQueue:
         with self._lock:
             if chunk in self._running:  # else _forget_lost took it out already
                 self._running.remove(chunk)
+            if chunk.started and chunk.estimate >= LEARN_FROM_S:
+                # A chunk stopped by its deadline ran at least this long: a lower bound, but
+                # the one that matters (it did not fit).
+                taken = (time.monotonic() - chunk.started) / chunk.estimate
+                self._scale += (min(MAX_SCALE, max(MIN_SCALE, taken)) - self._scale) * SCALE_WEIGHT
             self._publish()
         if exc is None:
             exc = done.exception() if not done.cancelled() else PoolRestarted("the task was lost")
@@ -216,14 +241,18 @@ class _CpuQueue:
     def _publish(self):
         telemetry.POOL_BUSY.labels("process").set(len(self._running))
         telemetry.POOL_QUEUED.labels("process").set(len(self._waiting))
+        host_cpu.publish(self._slot, sum(chunk.cost for chunk in self._running) + sum(
+            chunk.cost for _, _, chunk in self._waiting if not chunk.future.cancelled()))
 
 
 @dataclass(eq=False)
 class _Chunk:
     fn: object
     arg: object
-    cost: float
+    cost: float  # expected seconds: the estimate, scaled by what chunks took lately
     deadline: float
+    estimate: float  # the caller's estimate
+    started: float = 0.0
     future: Future = None
 
     def __post_init__(self):
@@ -250,7 +279,11 @@ class Pools:
         # The CPUs this process may use now, before gunicorn.conf.py pins a worker to one of them.
         self._cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
         self._thread_gate = PerProcess(lambda: _Gate("thread", thread_size, thread_queue))
-        self._cpu_queue = PerProcess(lambda: _CpuQueue(process_size, self.process_pool))
+        # A Dask cluster's cores are not this host's: only the per-worker bound applies then.
+        host_cores = math.inf if self.dask_address is not None else (
+            len(self._cpus) if self._cpus else (os.cpu_count() or 1))
+        self._cpu_queue = PerProcess(lambda: _CpuQueue(process_size, self.process_pool,
+                                                       host_cores))
         self._threads = PerProcess(self._new_thread_pool)
         self._processes = PerProcess(self._new_cpu_executor)
         self._loop = PerProcess(lambda: LoopThread("read-loop", self.thread_pool()))
