@@ -10,8 +10,8 @@ no metrics and logs nothing per request, which makes it the faster peer, not the
 
 Its file and SQLite reads run on the event loop itself, as the service's own loop runs them (a
 small file from the page cache and a one-row query take microseconds): through anyio's thread
-limiter and aiosqlite's connection threads, each read paid a thread hop, and the peer served
-1509 good/s at 1000 clients where this one serves 2416, at half the CPU per 200 (issue 24).
+limiter and aiosqlite's connection threads, each read paid a thread hop, and the peer was
+weaker than a plain FastAPI app (issue 24; figures: docs/performance.md).
 Another SQL server goes through SQLAlchemy's asyncio engine.
 
     python -m uvicorn bench.peer_asyncio:app --workers 2 --loop uvloop --http httptools

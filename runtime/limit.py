@@ -2,16 +2,17 @@
 
 A fixed number of request threads is either too few (the host's cores idle while every thread
 waits on a slow source) or too many (past what the cores can serve, every admitted request gets
-slower, until all of them miss the deadline: WEB_THREADS=1000 served 78 good/s at 2000 clients,
-issue 24). So a worker has threads for the most the host could carry (WEB_THREADS), and admits
-only `AdaptiveLimit.current` requests at once (runtime/overload.AdaptiveLifoQueue): the rest wait
-in the queue, newest first, and are refused within milliseconds once the queue stands.
+slower, until all of them miss the deadline: issue 24). So a worker has threads for the most the
+host could carry (WEB_THREADS), and admits only `AdaptiveLimit.current` requests at once
+(runtime/overload.AdaptiveLifoQueue): the rest wait in the queue, newest first, and are refused
+within milliseconds once the queue stands.
 
-The signal is latency against the deadline: the mean time the requests of a short window took to
-run. While it stays within `target_s` (LIMIT_TARGET x REQUEST_TIMEOUT_S), admitting more costs
-nothing that matters; past it, the worker's core is saturated, each request admitted beyond it
-only adds its CPU to everyone's wait, and the tail of the admitted requests nears the deadline:
-the limit shrinks until the mean is back within the target (AIMD, as TCP's congestion window).
+The signal is latency against the deadline: the mean time the requests of a short window took,
+from their arrival to the end of their run. While it stays within `target_s` (LIMIT_TARGET x
+REQUEST_TIMEOUT_S), admitting more costs nothing that matters; past it, the worker's core is
+saturated, each request admitted beyond it only adds its CPU to everyone's wait, and the tail
+nears the deadline: the limit shrinks until the mean is back within the target (AIMD, as TCP's
+congestion window).
 
     every WINDOW_S (and WINDOW_SAMPLES requests at least), from the requests that ended in it:
       mean > target_s                             limit x DECREASE (down to `minimum`)
@@ -22,9 +23,9 @@ Why against the deadline, not against the least latency seen (TCP Vegas, Netflix
 and Gradient2, Envoy's adaptive concurrency): those hold concurrency at the knee, where the core
 is just saturated, which is right when clients arrive at their own pace. When clients send their
 next request as soon as they get an answer (hey, a retrying client, a browser's reload), each
-request kept out comes straight back as a refusal that costs CPU: with fast sources at 1000
-clients, a limit at the knee served 1262 good/s where one that only guards the deadline served
-1837 (docs/performance.md). The queue's CoDel refusals (runtime/overload.py) bound the wait.
+request kept out comes straight back as a refusal that costs CPU, and a limit at the knee
+served a third fewer 200s in time than one that guards the deadline (docs/performance.md). The
+queue's CoDel refusals (runtime/overload.py) bound the wait.
 """
 import math
 import threading

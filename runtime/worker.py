@@ -39,10 +39,11 @@ refused, and how; this worker only calls it.
 
 Accept hold-back. Workers share one listening socket and the quickest to wake wins each
 connection, so a worker pinned beside the load generator got 31 of 200 kept-alive connections
-here and the other 169, more than its threads: those requests queued and were shed. A worker that
-holds as many requests as its in-flight limit therefore stops accepting for ACCEPT_YIELD_S, leaving new connections to the
-others, and then takes every connection still waiting. `_yield_until` is the whole state (0 when
-not holding back), and three of gthread's methods act on it:
+here and the other 169, more than its threads: those requests queued and were shed. A worker
+that holds as many requests as its in-flight limit therefore stops accepting for ACCEPT_YIELD_S,
+leaving new connections to the others, and then takes every connection still waiting.
+`_yield_until` is the whole state (0 when not holding back), and three of gthread's methods act
+on it:
 
     accept                        busy: start a hold-back; after one: drain the backlog
     set_accept_enabled            gthread's loop re-enables accepting every turn: not before
