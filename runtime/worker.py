@@ -148,6 +148,8 @@ class GuardedThreadWorker(ThreadWorker):
             self._work_queue.limit = AdaptiveLimit(
                 min(settings["MIN_LIMIT"], self.cfg.threads), self.cfg.threads,
                 settings["LIMIT_TARGET"] * settings["REQUEST_TIMEOUT_S"])
+        if self._reads_ahead:
+            self._publish_admission()
 
     def get_thread_pool(self):
         """Return gthread's executor: each task stamped with when its request arrived, and queued
@@ -280,7 +282,7 @@ class GuardedThreadWorker(ThreadWorker):
         if not force and now < self._next_sweep:
             return
         self._next_sweep = now + SWEEP_S
-        telemetry.OPEN_READS.set(len(self._readers))
+        self._publish_admission()
         self._trim_after_burst()
         for conn, reader in list(self._readers.items()):
             if force or now >= reader.deadline:
@@ -292,6 +294,12 @@ class GuardedThreadWorker(ThreadWorker):
         for conn, close_at in list(self._closing.items()):
             if force or now >= close_at:
                 self._close(conn)
+
+    def _publish_admission(self):
+        telemetry.OPEN_READS.set(len(self._readers))
+        limit = self._work_queue.limit
+        telemetry.IN_FLIGHT_LIMIT.set(limit.current if limit else self.cfg.threads)
+        telemetry.IN_FLIGHT.set(self._work_queue.in_flight)
 
     def _trim_after_burst(self):
         # Request and answer bytes are freed when a burst ends, but glibc keeps the freed heap

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench import flood
 from dev.harness import descendants, free_port, parent_of, worker_pids
+from runtime import worker
 from tests.helpers import TEST_SIZE, big_primes, run_clients, timed_get
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
@@ -259,6 +260,12 @@ def test_metrics_add_up_over_workers(serve):
     for name in ("pool_queue_depth{pool=thread}", "pool_busy_workers{pool=process}",
                  "process_pool_rebuilds_total"):
         assert name in metrics
+    # Idle (the gauges are published every SWEEP_S): nothing runs but perhaps this scrape, and
+    # the in-flight limit is where it starts, at the threads.
+    time.sleep(2 * worker.SWEEP_S)
+    metrics = scrape(service)
+    assert metrics["requests_in_flight"] <= 1
+    assert metrics["requests_in_flight_limit"] == 2 * 16
 
 
 @pytest.mark.parametrize("read_loop, reader", [(True, "[read-loop]"), (False, "[read_")])
