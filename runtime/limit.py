@@ -56,10 +56,10 @@ class AdaptiveLimit:
         """Requests that may run at once now."""
         return int(self._limit)
 
-    def sample(self, rtt_s, in_flight, now):
-        """Count one request that ran for `rtt_s` while `in_flight` were admitted."""
+    def sample(self, latency_s, in_flight, now):
+        """Count one request that took `latency_s` from its arrival, as `in_flight` ran."""
         with self._lock:
-            self._sum += rtt_s
+            self._sum += latency_s
             self._count += 1
             self._reached = self._reached or in_flight >= self.current
             if self._count < WINDOW_SAMPLES or now - self._window_start < WINDOW_S:

@@ -260,14 +260,14 @@ class AdaptiveLifoQueue:
         """Whether the item this thread took last is to be refused (it waited past its bound)."""
         return getattr(self._taken, "condemned", False)
 
-    def finished(self, ran_s):
-        """The item this thread took has run, for `ran_s`: its place under the limit is free,
-        and the limit learns from its latency."""
+    def finished(self, latency_s):
+        """The item this thread took has run, `latency_s` after its request arrived: its place
+        under the limit is free, and the limit learns from the latency."""
         with self._ready:
             in_flight, admitted = self._in_flight, self._release()
         if admitted and self.limit is not None:
             before = self.limit.current
-            self.limit.sample(ran_s, in_flight, time.monotonic())
+            self.limit.sample(latency_s, in_flight, time.monotonic())
             if self.limit.current > before:
                 with self._ready:
                     self._ready.notify(self.limit.current - before)

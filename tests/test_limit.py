@@ -5,12 +5,12 @@ from runtime import limit
 TARGET_S = 1.0
 
 
-def window(adaptive, rtt_s, in_flight, start):
-    """Feed one window's worth of requests, all of `rtt_s`; return the time after it."""
+def window(adaptive, latency_s, in_flight, start):
+    """Feed one window's worth of requests, all of `latency_s`; return the time after it."""
     for i in range(limit.WINDOW_SAMPLES):
-        adaptive.sample(rtt_s, in_flight, start + i * limit.WINDOW_S / limit.WINDOW_SAMPLES)
+        adaptive.sample(latency_s, in_flight, start + i * limit.WINDOW_S / limit.WINDOW_SAMPLES)
     end = start + limit.WINDOW_S
-    adaptive.sample(rtt_s, in_flight, end)  # the first sample past the window closes it
+    adaptive.sample(latency_s, in_flight, end)  # the first sample past the window closes it
     return end
 
 

@@ -129,8 +129,8 @@ class FixedLimit:
         self.current = current
         self.samples = []
 
-    def sample(self, rtt_s, in_flight, now):
-        self.samples.append((rtt_s, in_flight))
+    def sample(self, latency_s, in_flight, now):
+        self.samples.append((latency_s, in_flight))
 
 
 def test_a_thread_takes_a_request_only_while_the_limit_has_room():
