@@ -48,12 +48,14 @@ PARTS = {
     "response writing (gunicorn, runtime/outbox.py)": (
         "gunicorn/http/wsgi.py", "gunicorn/util.py", "runtime/outbox.py"),
     "worker: poller, request queue, admission": (
-        "gunicorn/workers/", "runtime/worker.py", "runtime/overload.py", "selectors.py"),
+        "gunicorn/workers/", "runtime/worker.py", "runtime/overload.py", "runtime/limit.py",
+        "selectors.py"),
     "Flask and Werkzeug": ("flask/", "werkzeug/", "blinker/", "itsdangerous/"),
     "JSON": ("json/",),
     "the app's own code (app.py, pages.py)": ("app.py", "pages.py"),
     "hand-offs: pools, futures, the event loop (pools.py, concurrent.futures, asyncio)": (
-        "pools.py", "concurrent/futures/", "queue.py", "runtime/per_process.py", "contextvars",
+        "pools.py", "runtime/fanout.py", "runtime/cpu_queue.py", "concurrent/futures/",
+        "queue.py", "runtime/per_process.py", "contextvars",
         "asyncio/", "runtime/loop_thread.py"),
     "SQL (SQLAlchemy, sqlite3)": ("sqlalchemy/", "services/db.py", "sqlite3/"),
     "HTTP read (http.client)": ("http/client.py", "email/", "services/api.py"),

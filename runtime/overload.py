@@ -66,6 +66,14 @@ import telemetry
 CONGESTION_S = 0.1
 
 
+class Saturated(Exception):
+    """A pool already holds all the work it may; the caller should answer 503."""
+
+    def __init__(self, pool):
+        super().__init__(f"the {pool} pool is full; retry shortly")
+        self.pool = pool
+
+
 def work(view):
     """Declare a view as work (it reads sources or checks primes): a request for it that waited
     too long for a thread is refused. Views without it never are."""

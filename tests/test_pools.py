@@ -17,7 +17,7 @@ import pytest
 import pools
 import telemetry
 from dev.harness import ROOT, free_port
-from runtime import host_cpu
+from runtime import cpu_queue, host_cpu
 from services import primes
 from tests.helpers import big_primes, far
 
@@ -343,11 +343,11 @@ class _Silent:
 
 def test_a_chunk_lost_past_its_deadline_no_longer_holds_a_place_in_the_cpu_queue():
     silent = _Silent()
-    queue = pools._CpuQueue(1, lambda: silent, host_cores=1)
+    queue = cpu_queue.CpuQueue(1, lambda: silent, host_cores=1)
     queue.submit_all(len, ["lost"], [0.001], 0.0, time.monotonic() + 0.05)
     queue.submit_all(len, ["next"], [0.001], 0.0, far())
     assert silent.submitted == ["lost"]  # one process, taken
-    time.sleep(0.05 + pools.LOST_AFTER_S + 0.05)
+    time.sleep(0.05 + cpu_queue.LOST_AFTER_S + 0.05)
     queue.submit_all(len, ["after"], [0.001], 0.0, far())
     assert silent.submitted == ["lost", "next"]  # "next" got the place; "after" waits for it
 
@@ -393,7 +393,7 @@ def test_every_worker_of_the_host_sees_the_cpu_work_the_others_hold(ledger):
 
 
 def test_a_batch_is_refused_when_other_workers_hold_the_host_s_cores(ledger):
-    queue = pools._CpuQueue(2, lambda: _Silent(), host_cores=2)
+    queue = cpu_queue.CpuQueue(2, lambda: _Silent(), host_cores=2)
     with another_worker(4.0):  # two cores busy for 2 s: no room before a 1 s deadline
         with pytest.raises(pools.Saturated):
             queue.submit_all(len, ["x"], [0.1], 0.0, time.monotonic() + 1.0)
@@ -402,12 +402,12 @@ def test_a_batch_is_refused_when_other_workers_hold_the_host_s_cores(ledger):
 
 def test_estimates_are_scaled_by_what_chunks_took_so_a_batch_that_cannot_fit_is_refused():
     with ThreadPoolExecutor(1) as executor:
-        queue = pools._CpuQueue(1, lambda: executor, host_cores=1)
+        queue = cpu_queue.CpuQueue(1, lambda: executor, host_cores=1)
         for _ in range(8):  # each chunk is estimated at 5 ms and takes 50
             [future] = queue.submit_all(time.sleep, [0.05], [0.005], 0.0, far())
             future.result(timeout=5)
         with pytest.raises(pools.Saturated):  # 0.2 s estimated: ~1.6 s as measured
             queue.submit_all(time.sleep, [0.0], [0.2], 0.0, time.monotonic() + 1.0)
-        fresh = pools._CpuQueue(1, lambda: executor, host_cores=1)
+        fresh = cpu_queue.CpuQueue(1, lambda: executor, host_cores=1)
         [future] = fresh.submit_all(time.sleep, [0.0], [0.2], 0.0, time.monotonic() + 1.0)
         future.result(timeout=5)
