@@ -62,8 +62,12 @@ from http import HTTPStatus
 
 import telemetry
 
-# A queue that has not been empty for this long is congested, and the newest request goes first.
-CONGESTION_S = 0.1
+# A queue that has not been empty for this long is congested: the newest request goes first, and
+# one that waited QUEUE_TARGET_MS is refused. Longer than a slow request (the seed's GET / takes
+# 0.3 s), so that a burst the threads clear within one round is served, not refused: at 0.1 s
+# (CoDel's own interval, for millisecond requests), 50 clients arriving at once on 2 x 32
+# threads got 503s (tests/test_gunicorn.py).
+CONGESTION_S = 0.5
 
 
 class Saturated(Exception):
@@ -261,7 +265,7 @@ class AdaptiveLifoQueue:
         """Whether a request queued now would likely wait past `target_s`: the queue has stood
         for CONGESTION_S and holds what the threads take in `target_s` or more. The poller then
         refuses a plain GET at once, before any hand-off (runtime/worker.py)."""
-        return (now - self._empty_at >= CONGESTION_S and self._items
+        return (now - self._empty_at >= CONGESTION_S and self._items and self._take_rate
                 and len(self._items) >= self._take_rate * self.target_s)
 
     def condemned(self):
