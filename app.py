@@ -17,9 +17,11 @@ import openapi
 import pages
 import telemetry
 from config import settings, stand_in_api_url
-from pools import ExecutorFailed, PoolRestarted, Pools, Saturated
+import pools
+from pools import ExecutorFailed, PoolRestarted, Pools, Saturated, get_pools
 from runtime import overload, worker
-from services import primes, public_failure
+import services
+from services import get_sources, primes, public_failure
 from services.api import ApiSource
 from services.db import DbSource, init_db
 from services.files import FileSource
@@ -31,6 +33,10 @@ LOGGED_ERRORS = {500, 502, 504}
 # The request thread runs this source's read itself while the thread pool runs the others: it
 # would only wait otherwise. The slowest read, so the others finish while it runs.
 READ_IN_REQUEST_THREAD = "api"
+# What the routes let through, and the status each is answered with (its message is its text,
+# written to be public); an InputError carries its own (400 or 413). 503s say when to retry.
+ERROR_STATUS = {primes.InputError: None, Saturated: 503, PoolRestarted: 503, TimeoutError: 504,
+                ExecutorFailed: 502}
 
 
 class OrderedJSONProvider(DefaultJSONProvider):
@@ -62,9 +68,9 @@ def create_app(test_config=None):
                  cfg["DB_POOL_SIZE"], timeout),
         ApiSource(cfg["API_URL"]),
     ]
-    app.extensions["sources"] = {source.name: source for source in sources}
+    services.init_app(app, sources)
     primes.calibrate()  # admission by cost needs this machine's speed
-    app.extensions["pools"] = Pools(
+    pools.init_app(app, Pools(
         thread_size=cfg["THREAD_POOL_SIZE"],
         process_size=cfg["PROCESS_POOL_SIZE"],
         thread_queue=cfg["THREAD_QUEUE_LIMIT"],
@@ -72,10 +78,10 @@ def create_app(test_config=None):
         cpu_executor=cfg["CPU_EXECUTOR"],
         connect_timeout_s=cfg["READY_TIMEOUT_S"],
         reconnect_after_s=cfg["DASK_RECONNECT_S"],
-    )
+    ))
 
     _stand_in_for_flask_run(cfg)
-    app.extensions["openapi"] = openapi.document(cfg)
+    openapi.init_app(app)
     app.register_blueprint(bp)
     app.cli.add_command(init_db_command)
     overload.init_app(app, worker.arrived_at, worker.condemned)
@@ -83,11 +89,8 @@ def create_app(test_config=None):
     app.after_request(_finish_request)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(RequestEntityTooLarge, _body_too_large)
-    app.register_error_handler(primes.InputError, _input_error)
-    app.register_error_handler(Saturated, _unavailable)
-    app.register_error_handler(PoolRestarted, _unavailable)
-    app.register_error_handler(TimeoutError, _timed_out)
-    app.register_error_handler(ExecutorFailed, _bad_gateway)
+    for error in ERROR_STATUS:
+        app.register_error_handler(error, _known_error)
     return app
 
 
@@ -154,9 +157,9 @@ def index():
     JSON, or a page with a waterfall of the reads for a browser."""
     mode = _choice("mode", READ_MODES)
     _choice("format", pages.FORMATS)
-    sources = current_app.extensions["sources"]
+    sources = get_sources()
     on_loop = mode == "concurrent" and current_app.config["READ_LOOP"]
-    outcomes = current_app.extensions["pools"].gather(
+    outcomes = get_pools().gather(
         {name: _read_of(source, on_loop) for name, source in sources.items()}, g.deadline,
         run_here=READ_IN_REQUEST_THREAD, sequential=mode == "sequential")
     timings = {name: round(outcome.elapsed_ms, 1) for name, outcome in outcomes.items()}
@@ -217,14 +220,14 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     """Readiness: both pools run a task and every source is reachable, within READY_TIMEOUT_S."""
-    pools = current_app.extensions["pools"]
+    front = get_pools()
     deadline = time.monotonic() + current_app.config["READY_TIMEOUT_S"]
-    sources = current_app.extensions["sources"]
+    sources = get_sources()
     checks = {}
     try:
-        pools.map_cpu(primes.check_batch, [[2]], deadline)
-        checks["process_pool" if pools.dask_address is None else "dask_scheduler"] = "ok"
-        outcomes = pools.gather({n: s.check for n, s in sources.items()}, deadline,
+        front.map_cpu(primes.check_batch, [[2]], deadline)
+        checks["process_pool" if front.dask_address is None else "dask_scheduler"] = "ok"
+        outcomes = front.gather({n: s.check for n, s in sources.items()}, deadline,
                                 run_here=READ_IN_REQUEST_THREAD)
         checks["thread_pool"] = "ok"
         checks.update({n: public_failure(o.error) if o.error else "ok"
@@ -240,7 +243,7 @@ def readyz():
 @bp.get("/openapi.json")
 def openapi_document():
     """The OpenAPI 3.1 document of this API."""
-    return jsonify(current_app.extensions["openapi"])
+    return jsonify(openapi.get_document())
 
 
 @bp.get("/metrics")
@@ -253,8 +256,8 @@ def metrics():
 def _check_primes(items):
     cfg = current_app.config
     mode = _choice("mode", PRIME_MODES)
-    pools = current_app.extensions["pools"]
-    cores = 1 if mode == "inline" else pools.process_size
+    front = get_pools()
+    cores = 1 if mode == "inline" else front.process_size
     numbers = primes.parse_items(items, cfg["PRIME_MAX_ITEMS"], cfg["PRIME_MAX_DIGITS"],
                                  max_cpu_s=cores * cfg["REQUEST_TIMEOUT_S"])
     values = list(numbers.values())
@@ -266,13 +269,13 @@ def _check_primes(items):
     stop_at = time.time() + (g.deadline - time.monotonic())
     if mode == "inline":
         return jsonify(dict(zip(numbers, primes.check_batch(values, stop_at))))
-    parts = max(pools.process_size, math.ceil(estimated_ms / cfg["CPU_CHUNK_MS"]))
+    parts = max(front.process_size, math.ceil(estimated_ms / cfg["CPU_CHUNK_MS"]))
     groups = primes.split_by_cost(values, parts)
     # Python ints, not gmpy2's: a Dask scheduler unpickles the task without needing gmpy2.
     chunks = [[int(values[i]) for i in group] for group in groups]
     costs = [primes.least_cost_s(chunk) for chunk in chunks]
     results = [None] * len(values)
-    answers = pools.map_cpu(primes.check_chunk, [(chunk, stop_at) for chunk in chunks],
+    answers = front.map_cpu(primes.check_chunk, [(chunk, stop_at) for chunk in chunks],
                             g.deadline, costs=costs, priority=sum(costs))
     for group, chunk in zip(groups, answers):
         for position, result in zip(group, chunk):
@@ -318,18 +321,8 @@ def _body_too_large(exc):
     return _error(413, f"the body is too large: the limit is {limit} bytes")
 
 
-def _input_error(exc):
-    return _error(exc.status, str(exc))
-
-
-def _unavailable(exc):
-    return _error(503, str(exc), _retry_after())
-
-
-def _timed_out(exc):
-    return _error(504, str(exc))
-
-
-def _bad_gateway(exc):
-    return _error(502, str(exc))
+def _known_error(exc):
+    status = next(status for kind, status in ERROR_STATUS.items() if isinstance(exc, kind))
+    status = status or exc.status
+    return _error(status, str(exc), _retry_after() if status == 503 else ())
 

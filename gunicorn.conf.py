@@ -141,7 +141,7 @@ def pre_fork(server, worker):
 def post_worker_init(worker):
     """Start this worker's pools, pin it to its CPU, set its GIL switch interval
     (GIL_SWITCH_MS), and exempt what exists now from the GC."""
-    worker.wsgi.extensions["pools"].warm()
+    pools.get_pools(worker.wsgi).warm()
     # After warm(): the forkserver is started unpinned, so pool processes may use every CPU.
     if getattr(worker, "cpu", None) is not None:
         pinning.pin_process(worker.cpu)

@@ -10,7 +10,19 @@ from it and every response must conform.
 import json
 from pathlib import Path
 
+from flask import current_app
+
 PATH = Path(__file__).with_name("openapi.json")
+
+
+def init_app(app):
+    """Give `app` its document, with its config's limits, for get_document."""
+    app.extensions["openapi"] = document(app.config)
+
+
+def get_document(app=None):
+    """The document of `app`, by default of the app handling this request."""
+    return (app or current_app).extensions["openapi"]
 
 
 def document(config):

@@ -11,6 +11,8 @@ import weakref
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
+from flask import current_app
+
 import telemetry
 from runtime import dask_executor, fanout, pool_child
 from runtime.cpu_queue import CpuQueue, ExecutorFailed, PoolRestarted
@@ -19,7 +21,8 @@ from runtime.overload import Saturated
 from runtime.per_process import PerProcess
 
 # The front: app.py takes the pools and the errors it answers from here alone.
-__all__ = ["ExecutorFailed", "PoolRestarted", "Pools", "Saturated", "shutdown_all"]
+__all__ = ["ExecutorFailed", "PoolRestarted", "Pools", "Saturated", "get_pools", "init_app",
+           "shutdown_all"]
 _instances = weakref.WeakSet()
 # The estimated CPU seconds of a chunk whose caller gives no estimate (/readyz's check, tests).
 NOMINAL_COST_S = 0.001
@@ -174,6 +177,16 @@ class Pools:
             executor = executors.peek()
             if executor is not None and executors.discard(executor):
                 executor.shutdown(wait=True, cancel_futures=True)
+
+
+def init_app(app, pools):
+    """Give `app` its Pools, for get_pools (as flaskr's db.init_app)."""
+    app.extensions["pools"] = pools
+
+
+def get_pools(app=None):
+    """The Pools of `app`, by default of the app handling this request (as flaskr's get_db)."""
+    return (app or current_app).extensions["pools"]
 
 
 def shutdown_all():

@@ -35,14 +35,16 @@ def measure(api_url, data_dir):
     from app import create_app
     from config import Config
     from dev.harness import sqlite_url
+    from pools import get_pools
     from runtime.reader import Limits, RequestReader
+    from services import get_sources
     from services.db import init_db
 
     init_db(sqlite_url(data_dir))
     app = create_app({"API_URL": api_url, "DATABASE_URL": sqlite_url(data_dir),
                       "FILE_DELAY_MS": 0, "DB_DELAY_MS": 0, "LOG_LEVEL": "error"})
-    sources = app.extensions["sources"]
-    pools = app.extensions["pools"]
+    sources = get_sources(app)
+    pools = get_pools(app)
     limits = Limits(1, 1, 1, 1, 1, 1, Config.READ_MAX_HEAD_BYTES, Config.MAX_BODY_BYTES)
     gunicorn_cfg = GunicornConfig()
     environ = EnvironBuilder("/", headers={"Accept": "*/*"}).get_environ()

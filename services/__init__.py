@@ -8,6 +8,20 @@ import asyncio
 import time
 
 
+def init_app(app, sources):
+    """Give `app` its sources, by name, for get_sources."""
+    app.extensions["sources"] = {source.name: source for source in sources}
+
+
+def get_sources(app=None):
+    """{name: source} of `app`, by default of the app handling this request."""
+    # Imported here: the pool processes import services.primes, and so this package, and must
+    # not load Flask (tests/test_pools.py).
+    from flask import current_app
+
+    return (app or current_app).extensions["sources"]
+
+
 def simulate_latency(delay_s, deadline):
     """Sleep the configured extra latency of a source, but never past the request's deadline."""
     if delay_s <= 0:

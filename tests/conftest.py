@@ -5,6 +5,7 @@ import pytest
 from app import create_app
 from dev import harness
 from dev.harness import start_upstream
+from pools import get_pools
 from services.db import init_db
 from tests.helpers import POSTGRES_URL, Gunicorns, missing, postgres_available
 
@@ -32,7 +33,7 @@ def app(tmp_path, upstream):
         "PROCESS_POOL_SIZE": 2,
     })
     yield app
-    app.extensions["pools"].shutdown()
+    get_pools(app).shutdown()
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ from flask import request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pools import get_pools
 from runtime import worker
-from services import primes
+from services import get_sources, primes
 
 from tests.helpers import big_primes, far, primes_lasting
 
@@ -32,7 +33,7 @@ def test_index_reads_on_the_event_loop_without_a_pool_thread_unless_turned_off(a
     app.config["READ_LOOP"] = read_loop
     body = app.test_client().get("/").get_json()
     assert body["result_db"]["author"] == "Rob Pike" and body["result_file"]
-    thread_pool = app.extensions["pools"].thread_pool()
+    thread_pool = get_pools(app).thread_pool()
     assert (len(thread_pool._threads) == 0) is read_loop
 
 
@@ -54,7 +55,7 @@ def test_index_bad_mode_is_a_json_400(client):
 
 
 def test_index_names_a_failing_source(app, client, tmp_path):
-    app.extensions["sources"]["file"].path = tmp_path / "missing.txt"
+    get_sources(app)["file"].path = tmp_path / "missing.txt"
     response = client.get("/")
     body = response.get_json()
     assert response.status_code == 502
@@ -158,7 +159,7 @@ def test_readyz_checks_pools_and_every_source(client):
 
 
 def test_readyz_names_an_unreachable_source(app, client, tmp_path):
-    app.extensions["sources"]["file"].path = tmp_path / "missing.txt"
+    get_sources(app)["file"].path = tmp_path / "missing.txt"
     response = client.get("/readyz")
     assert response.status_code == 503 and response.get_json()["checks"]["file"] != "ok"
 
@@ -203,7 +204,7 @@ def test_a_request_whose_budget_ran_out_in_the_queue_gets_504(app, client):
 
 
 def test_full_process_pool_gives_503(app, client):
-    pools = app.extensions["pools"]
+    pools = get_pools(app)
     busy = threading.Thread(target=pools.map_cpu, args=(time.sleep, [0.5, 0.5], far()),
                             kwargs={"costs": [app.config["REQUEST_TIMEOUT_S"]] * 2})
     busy.start()  # work ahead that fills both processes for a whole deadline
@@ -226,7 +227,7 @@ def test_a_batch_no_core_can_finish_by_the_deadline_is_refused_at_once(client, m
 @pytest.mark.parametrize("mode", ["inline", "process"])
 def test_a_batch_stops_at_the_deadline_where_it_runs(app, client, mode):
     deadline_s = app.config["REQUEST_TIMEOUT_S"] = 0.25
-    cores = 1 if mode == "inline" else app.extensions["pools"].process_size
+    cores = 1 if mode == "inline" else get_pools(app).process_size
     # All primes, about two deadlines on the cores of the mode. Admission counts a fifth of that
     # (no number prime), under the deadline, so the batch is admitted, and runs late.
     body = primes_lasting(2 * cores * deadline_s)

@@ -5,6 +5,7 @@ import sys
 import pytest
 
 import config
+from services import get_sources
 from dev.harness import ROOT
 
 
@@ -47,7 +48,7 @@ def test_gunicorn_does_not_start_with_a_bad_setting():
 
 
 def test_what_follows_from_other_settings_is_derived_in_one_place(app):
-    assert len(app.extensions["sources"]) == config.GET_SOURCES
+    assert len(get_sources(app)) == config.GET_SOURCES
     assert app.config["THREAD_POOL_SIZE"] == app.config["WEB_THREADS"] * (config.GET_SOURCES - 1)
     assert app.config["DB_POOL_SIZE"] == app.config["WEB_THREADS"]
     assert app.config["MAX_CONTENT_LENGTH"] == app.config["MAX_BODY_BYTES"]

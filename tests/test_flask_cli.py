@@ -8,6 +8,7 @@ import pytest
 import requests
 
 from dev.harness import ROOT, Service, free_port, sqlite_url
+from pools import get_pools
 
 pytestmark = pytest.mark.slow
 
@@ -43,5 +44,5 @@ def test_app_app_is_built_once_on_first_use():
     assert "app" not in vars(app)  # importing built nothing
     built = app.app
     assert built is app.app and built.name == "app"
-    built.extensions["pools"].shutdown()
+    get_pools(built).shutdown()
     del app.app

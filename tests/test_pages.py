@@ -3,6 +3,8 @@ from html.parser import HTMLParser
 
 import pytest
 
+from services import get_sources
+
 BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
 
 
@@ -72,8 +74,8 @@ def bar_spans(client, mode):
 
 
 def test_sequential_bars_follow_one_another_and_concurrent_ones_overlap(app, client):
-    app.extensions["sources"]["file"].delay_s = 0.05
-    app.extensions["sources"]["db"].delay_s = 0.05
+    get_sources(app)["file"].delay_s = 0.05
+    get_sources(app)["db"].delay_s = 0.05
     sequential = bar_spans(client, "sequential")
     assert all(later[0] >= earlier[1] - 0.5 for earlier, later in zip(sequential, sequential[1:]))
     concurrent = bar_spans(client, "concurrent")
@@ -81,7 +83,7 @@ def test_sequential_bars_follow_one_another_and_concurrent_ones_overlap(app, cli
 
 
 def test_the_page_names_a_failing_source(app, client, tmp_path):
-    app.extensions["sources"]["file"].path = tmp_path / "missing.txt"
+    get_sources(app)["file"].path = tmp_path / "missing.txt"
     response = client.get("/", headers={"Accept": BROWSER})
     parsed = page(response)
     assert response.status_code == 502
