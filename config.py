@@ -126,8 +126,8 @@ class Config:
     # (0.3 s) is still in time.
     REQUEST_TIMEOUT_S = env_float("REQUEST_TIMEOUT_S", 2.0)
     MAX_QUEUE_WAIT_S = env_float("MAX_QUEUE_WAIT_S", 1.0)
-    # Once the queue has stood for 100 ms, a request that waited this long is refused at once
-    # (CoDel, as in Maurer's "Fail at Scale"): refusals in milliseconds, not after a second.
+    # Once the queue has stood for 0.5 s (overload.CONGESTION_S), a request that waited this long
+    # is refused at once (CoDel, as in Maurer's "Fail at Scale"): in milliseconds, not a second.
     QUEUE_TARGET_MS = env_float("QUEUE_TARGET_MS", 5.0)
     # Admit only as many requests at once as finish within LIMIT_TARGET x REQUEST_TIMEOUT_S on
     # average (runtime/limit.py), between MIN_LIMIT and WEB_THREADS; off: WEB_THREADS.
