@@ -64,7 +64,7 @@ class CpuQueue:
         # otherwise admit batches that end 504 (issue 24).
         self._scale = 1.0
         self._executor = executor  # returns the current executor (a broken one is replaced)
-        self._waiting = []  # a heap of (priority, order of arrival, _Chunk)
+        self._waiting = []  # a heap of (priority, order of arrival, Chunk)
         self._arrivals = itertools.count()
         self._running = []
         self._lock = threading.Lock()
@@ -72,9 +72,9 @@ class CpuQueue:
 
     def submit_all(self, fn, chunks, costs, priority, deadline):
         """Queue fn(chunk) for every chunk, or none (Saturated) if the estimated work ahead of
-        them and their own `costs` (CPU seconds) cannot be done on `size` processes by the
-        deadline; return a Future each."""
-        costs = [cost * self._scale for cost in costs]
+        them and their own `costs` (CPU seconds, scaled by what chunks took lately) cannot be
+        done by the deadline on `size` processes, or on the host's cores; return a Future
+        each."""
         with self._lock:
             # Cancelled chunks (their request passed its deadline) leave the queue here.
             self._waiting = [entry for entry in self._waiting
@@ -83,13 +83,14 @@ class CpuQueue:
             self._forget_lost()
             ahead = sum(chunk.cost for chunk in self._running)
             ahead += sum(entry[2].cost for entry in self._waiting if entry[0] <= priority)
-            left, own = deadline - time.monotonic(), sum(costs)
+            scale = self._scale  # under the lock: the chunks' costs and estimates agree
+            left, own = deadline - time.monotonic(), sum(costs) * scale
             on_host = ahead + own + host_cpu.others(self._slot)
             if (ahead + own) / self.size > left or on_host / self.host_cores > left:
                 telemetry.REJECTED.labels("process_pool_full").inc()
                 raise Saturated("process")
-            new = [Chunk(fn, chunk, cost, deadline, cost / self._scale)
-                   for chunk, cost in zip(chunks, costs)]
+            new = [Chunk(fn, chunk, estimate * scale, deadline, estimate)
+                   for chunk, estimate in zip(chunks, costs)]
             for chunk in new:
                 heapq.heappush(self._waiting, (priority, next(self._arrivals), chunk))
             self._publish()

@@ -32,11 +32,6 @@ def init():
     _claim_lock = multiprocessing.Lock()
 
 
-def active():
-    """Whether this process shares a ledger with the other workers of its host."""
-    return _pids is not None
-
-
 def slot():
     """This process's slot, claimed on first use; None without a ledger."""
     if _pids is None:

@@ -36,11 +36,6 @@ def set_work_queue(executor, work_queue):
     executor._work_queue = work_queue
 
 
-def work_queue(executor):
-    """The queue a ThreadPoolExecutor's threads take their work from."""
-    return executor._work_queue
-
-
 # The arguments a ThreadPoolExecutor's work item keeps, by the parameters of its __init__:
 # CPython 3.8-3.13 keep fn, args and kwargs; 3.14 keeps one `task`, (fn, args, kwargs), made by
 # its WorkerContext.resolve_task. Any other shape is named by missing(), so a new CPython fails

@@ -265,7 +265,7 @@ class AdaptiveLifoQueue:
         """Whether a request queued now would likely wait past `target_s`: the queue has stood
         for CONGESTION_S and holds what the threads take in `target_s` or more. The poller then
         refuses a plain GET at once, before any hand-off (runtime/worker.py)."""
-        return (now - self._empty_at >= CONGESTION_S and self._items and self._take_rate
+        return (now - self._empty_at >= CONGESTION_S and self._take_rate
                 and len(self._items) >= self._take_rate * self.target_s)
 
     def condemned(self):

@@ -141,7 +141,7 @@ class GuardedThreadWorker(ThreadWorker):
         self._limits = Limits.from_settings(settings)
         self._reads_ahead = not self.cfg.is_ssl and getattr(
             self.cfg, "http2_cleartext", None) not in ("prior-knowledge", "both")
-        self._work_queue = internals.work_queue(self.tpool)
+        self._work_queue = self.tpool.work_queue
         self._work_queue.max_wait_s = settings["MAX_QUEUE_WAIT_S"]
         self._work_queue.target_s = settings["QUEUE_TARGET_MS"] / 1000
         if settings["ADAPTIVE_LIMIT"]:
@@ -198,7 +198,12 @@ class GuardedThreadWorker(ThreadWorker):
             keep_alive = not fs.cancelled() and fs.result()
         except Exception:  # noqa: BLE001 - gthread's handle has logged it
             keep_alive = False
-        conn.keep_alive = bool(keep_alive) and not conn.outbox.closed
+        self._after_answer(conn, bool(keep_alive) and not conn.outbox.closed)
+
+    def _after_answer(self, conn, keep_alive):
+        """`conn`'s answer is written to its Outbox: send the rest, or go on to its next request
+        (or close it)."""
+        conn.keep_alive = keep_alive
         if conn.outbox.pending:  # the client has not taken all of its answer yet
             self._send(conn)
         else:
@@ -297,8 +302,7 @@ class GuardedThreadWorker(ThreadWorker):
 
     def _publish_admission(self):
         telemetry.OPEN_READS.set(len(self._readers))
-        limit = self._work_queue.limit
-        telemetry.IN_FLIGHT_LIMIT.set(limit.current if limit else self.cfg.threads)
+        telemetry.IN_FLIGHT_LIMIT.set(self._admits_at_once())
         telemetry.IN_FLIGHT.set(self._work_queue.in_flight)
 
     def _trim_after_burst(self):
@@ -423,11 +427,7 @@ class GuardedThreadWorker(ThreadWorker):
         except OSError:  # the client went away
             self._close(conn)
             return True
-        conn.keep_alive = True
-        if conn.outbox.pending:
-            self._send(conn)
-        else:
-            self._answered(conn)
+        self._after_answer(conn, True)
         return True
 
     def _stop_reading(self, conn):
@@ -536,8 +536,13 @@ class GuardedThreadWorker(ThreadWorker):
             # Connections not waiting in the poller are with the executor: running or queued.
             busy = self.nr_conns - len(self.keepalived_conns) - len(self.pending_conns)
             return busy >= self.cfg.threads
-        limit = self._work_queue.limit  # past it, a request would wait for room, not a thread
-        return self._in_threads >= (limit.current if limit else self.cfg.threads)
+        # Past the in-flight limit, a request would wait for room, not for a thread.
+        return self._in_threads >= self._admits_at_once()
+
+    def _admits_at_once(self):
+        """Requests this worker lets run at once now: its in-flight limit, else its threads."""
+        limit = self._work_queue.limit
+        return limit.current if limit else self.cfg.threads
 
 
 def _forget(conn):
