@@ -19,7 +19,7 @@ import telemetry
 from config import settings, stand_in_api_url
 import pools
 from pools import ExecutorFailed, PoolRestarted, Pools, Saturated, get_pools
-from runtime import overload, worker
+from runtime import overload, stamps
 import services
 from services import get_sources, primes, public_failure
 from services.api import ApiSource
@@ -84,7 +84,7 @@ def create_app(test_config=None):
     openapi.init_app(app)
     app.register_blueprint(bp)
     app.cli.add_command(init_db_command)
-    overload.init_app(app, worker.arrived_at, worker.condemned)
+    overload.init_app(app, stamps.arrived_at, stamps.condemned)
     app.before_request(_start_request)
     app.after_request(_finish_request)
     app.register_error_handler(HTTPException, _http_error)
@@ -131,7 +131,7 @@ def _start_request():
     request.environ["service.trace_id"] = telemetry.start_trace(
         request.headers.get(telemetry.TRACEPARENT_HEADER))
     # The budget starts when the request arrived, not when a thread picked it up.
-    g.arrived = worker.arrived_at() or time.monotonic()
+    g.arrived = stamps.arrived_at() or time.monotonic()
     g.deadline = g.arrived + current_app.config["REQUEST_TIMEOUT_S"]
 
 

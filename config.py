@@ -170,7 +170,7 @@ class Config:
     PRIME_INLINE_BUDGET_MS = env_float("PRIME_INLINE_BUDGET_MS", 2.0)
 
     # A request is read whole by the worker's poller thread before a request thread gets it
-    # (runtime/reader.py), within Apache mod_reqtimeout's defaults: a head within 20 s of its
+    # (runtime/wire.py), within Apache mod_reqtimeout's defaults: a head within 20 s of its
     # first byte, a second more for every 500 bytes, 40 s at most; a body likewise, 60 s at most
     # (mod_reqtimeout sets none: here every connection ends within a minute). Past one: 408.
     # A new connection that sends nothing is closed after READ_IDLE_TIMEOUT_S.

@@ -26,6 +26,7 @@ import pools
 import telemetry
 from config import Config
 from runtime import dask_executor, host_cpu, pinning, pool_child
+from runtime.worker import fitting
 from services.db import init_db
 
 # What to serve: the app factory, so importing app.py builds nothing (flaskr's create_app).
@@ -101,9 +102,10 @@ raw_env = [f"PROMETHEUS_MULTIPROC_DIR={_metrics_dir}"]
 
 
 def on_starting(server):
-    """Check CPU_EXECUTOR, empty the metrics directory (and remove dead masters' ones), and
-    seed the database once."""
+    """Check CPU_EXECUTOR, choose the worker class for the sockets, empty the metrics directory
+    (and remove dead masters' ones), and seed the database once."""
     dask_executor.parse(Config.CPU_EXECUTOR)  # a bad setting stops gunicorn here, saying why
+    server.worker_class = fitting(server.worker_class, server.cfg)  # TLS: gthread reads
     host_cpu.init()  # before any worker is forked: they all share it
 
     _remove_dead_masters_metrics()

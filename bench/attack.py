@@ -8,7 +8,7 @@ them from fresh connections.
     silent      connects and sends nothing
 
 `python -m bench.attack` runs the issue's numbers against the default deployment and prints what
-each kind of connection got and when; tests/test_reader.py runs a smaller one with short
+each kind of connection got and when; tests/test_wire.py runs a smaller one with short
 timeouts and asserts on the same figures.
 """
 import argparse

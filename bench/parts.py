@@ -36,7 +36,7 @@ def measure(api_url, data_dir):
     from config import Config
     from dev.harness import sqlite_url
     from pools import get_pools
-    from runtime.reader import Limits, RequestReader
+    from runtime.wire import Limits, RequestReader
     from services import get_sources
     from services.db import init_db
 
@@ -70,7 +70,7 @@ def measure(api_url, data_dir):
 
     histogram = telemetry.REQUEST_SECONDS.labels("/", "GET", 200)
     parts = {
-        "HTTP parsing: runtime/reader.py and gunicorn's parser": cpu_us(parse),
+        "HTTP parsing: runtime/wire.py and gunicorn's parser": cpu_us(parse),
         "the app's GET / through WSGI, sources included": cpu_us(whole),
         "API read: http.client GET from the upstream": cpu_us(lambda: sources["api"].read(far())),
         "SQL read: SQLAlchemy, SQLite": cpu_us(lambda: sources["db"].read(far())),

@@ -42,13 +42,14 @@ API_LATENCIES_MS = (300, 1200)
 RATE_HZ = 400
 # A sample's part: that of its innermost frame whose file starts with one of these paths.
 PARTS = {
-    "HTTP parsing (gunicorn's parser, runtime/reader.py)": (
+    "HTTP parsing (gunicorn's parser, runtime/wire.py)": (
         "gunicorn/http/message.py", "gunicorn/http/parser.py", "gunicorn/http/unreader.py",
-        "gunicorn/http/body.py", "gunicorn/http/errors.py", "runtime/reader.py"),
+        "gunicorn/http/body.py", "gunicorn/http/errors.py", "runtime/wire.py"),
     "response writing (gunicorn, runtime/outbox.py)": (
         "gunicorn/http/wsgi.py", "gunicorn/util.py", "runtime/outbox.py"),
     "worker: poller, request queue, admission": (
-        "gunicorn/workers/", "runtime/worker.py", "runtime/overload.py", "runtime/limit.py",
+        "gunicorn/workers/", "runtime/worker.py", "runtime/channel.py", "runtime/accept.py",
+        "runtime/stamps.py", "runtime/lifo_queue.py", "runtime/overload.py", "runtime/limit.py",
         "selectors.py"),
     "Flask and Werkzeug": ("flask/", "werkzeug/", "blinker/", "itsdangerous/"),
     "JSON": ("json/",),

@@ -1,4 +1,4 @@
-"""The private state of gunicorn and of the stdlib that runtime/worker.py relies on, in one place.
+"""The private state of gunicorn and of the stdlib that the worker relies on, in one place.
 
 Neither gthread nor ThreadPoolExecutor offers the hooks the worker needs: a queue of its own for
 the executor's threads, the connection a queued task is for, whether the worker is accepting.
@@ -21,8 +21,8 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 REQUIRED = {
     "ThreadPoolExecutor": ("_work_queue",),
     "_WorkItem": ("future",),
-    "ThreadWorker": ("nr_conns", "poller", "tpool", "_accepting", "keepalived_conns",
-                     "pending_conns", "worker_connections", "set_accept_enabled",
+    "ThreadWorker": ("nr_conns", "poller", "tpool", "method_queue", "_accepting",
+                     "keepalived_conns", "pending_conns", "worker_connections", "set_accept_enabled",
                      "wait_for_and_dispatch_events", "finish_request", "murder_keepalived",
                      "_cap_keepalive", "enqueue_req", "get_thread_pool", "accept", "handle",
                      "handle_error"),

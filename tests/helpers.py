@@ -8,6 +8,7 @@ import time
 import gmpy2
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import workloads
 from config import ToolConfig
@@ -122,3 +123,12 @@ def missing(what):
     if ToolConfig.CI:
         pytest.fail(f"CI=true but {what}")
     pytest.skip(what)
+
+
+def ended_reads(service):
+    """{reason: count} of request_reads_ended_total in /metrics."""
+    text = requests.get(service.url + "/metrics", timeout=10).text
+    return {sample.labels["reason"]: sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "request_reads_ended" for sample in family.samples
+            if sample.name.endswith("_total")}

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pools import get_pools
-from runtime import worker
+from runtime import stamps
 from services import get_sources, primes
 
 from tests.helpers import big_primes, far, primes_lasting
@@ -179,12 +179,12 @@ def test_a_request_queued_too_long_is_shed_with_503_before_flask(app, client):
     app.config["MAX_QUEUE_WAIT_S"] = 0.25
     flask_saw = []
     app.before_request(lambda: flask_saw.append(request.path))
-    worker._local.arrived_at = time.monotonic() - 1.0
+    stamps._local.arrived_at = time.monotonic() - 1.0
     try:
         response = client.get("/is_prime/7", headers={"X-Request-ID": "shed-1"})
         health = client.get("/healthz")
     finally:
-        worker._local.arrived_at = None
+        stamps._local.arrived_at = None
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert "overloaded" in response.get_json()["error"]
     assert response.headers["X-Request-ID"] == "shed-1"
@@ -194,11 +194,11 @@ def test_a_request_queued_too_long_is_shed_with_503_before_flask(app, client):
 
 def test_a_request_whose_budget_ran_out_in_the_queue_gets_504(app, client):
     app.config["MAX_QUEUE_WAIT_S"] = 10  # not shed, so it runs out of time instead
-    worker._local.arrived_at = time.monotonic() - app.config["REQUEST_TIMEOUT_S"] - 0.1
+    stamps._local.arrived_at = time.monotonic() - app.config["REQUEST_TIMEOUT_S"] - 0.1
     try:
         response = client.get("/")
     finally:
-        worker._local.arrived_at = None
+        stamps._local.arrived_at = None
     assert response.status_code == 504
     assert response.get_json()["errors"]["api"] == "timeout: no answer within the deadline"
 

@@ -71,6 +71,7 @@ SERVICE_FILES = ["app.py", "config.py", "pools.py", "pages.py", "openapi.py", "t
 LOCAL = {"app", "config", "pools", "pages", "openapi", "telemetry", "services", "runtime", "dev"}
 LOADED_BY_URL = {"psycopg2-binary"}  # SQLAlchemy imports it for a postgresql:// URL
 DASK_ONLY = {"distributed", "cloudpickle"}  # runtime/dask_executor.py, for CPU_EXECUTOR=dask://
+CHECKER_ONLY = {"_typeshed"}  # the stdlib's stubs, imported under TYPE_CHECKING for mypy alone
 
 
 def _normal(name):
@@ -88,7 +89,7 @@ def service_imports():
                 elif isinstance(node, ast.ImportFrom) and node.level == 0:
                     modules.add(node.module.split(".")[0])
     distributions = importlib.metadata.packages_distributions()
-    modules -= set(sys.stdlib_module_names) | LOCAL
+    modules -= set(sys.stdlib_module_names) | LOCAL | CHECKER_ONLY
     return {_normal(dist) for module in modules for dist in distributions[module]}
 
 

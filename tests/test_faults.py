@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench import flood
 from dev.harness import descendants, free_port, parent_of, worker_pids
-from runtime import overload, worker
+from runtime import channel, lifo_queue
 from tests.helpers import TEST_SIZE, big_primes, run_clients, timed_get
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
@@ -232,7 +232,7 @@ def test_requests_that_will_not_be_served_are_refused_in_milliseconds(serve, ups
     median, p90 = refused[len(refused) // 2], refused[int(len(refused) * 0.9)]
     print(f"\n{len(served)} x 200, {len(refused)} x 503: median {median * 1000:.0f} ms, "
           f"p90 {p90 * 1000:.0f} ms")
-    assert median < 0.1 and p90 < overload.CONGESTION_S + 0.25
+    assert median < 0.1 and p90 < lifo_queue.CONGESTION_S + 0.25
 
 
 def scrape(service):
@@ -262,7 +262,7 @@ def test_metrics_add_up_over_workers(serve):
         assert name in metrics
     # Idle (the gauges are published every SWEEP_S): nothing runs but perhaps this scrape, and
     # the in-flight limit is where it starts, at the threads.
-    time.sleep(2 * worker.SWEEP_S)
+    time.sleep(2 * channel.SWEEP_S)
     metrics = scrape(service)
     assert metrics["requests_in_flight"] <= 1
     assert metrics["requests_in_flight_limit"] == 2 * 16

@@ -9,10 +9,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.attack import time_gets
-from bench.hostile import (CHUNKED, HEAD, MALFORMED, NeverRead, answers, during,
-                           extension_chunks, one_byte_chunks, send_chunks, worker_usage)
+from bench.hostile import (
+    CHUNKED,
+    HEAD,
+    MALFORMED,
+    NeverRead,
+    answers,
+    during,
+    extension_chunks,
+    one_byte_chunks,
+    send_chunks,
+    worker_usage,
+)
 from dev.harness import worker_pids
-from tests.test_reader import ended_reads
+from tests.helpers import ended_reads
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 

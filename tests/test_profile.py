@@ -9,7 +9,7 @@ from bench import profile
 from dev import harness
 
 WORKER = "ThreadWorker.run (gunicorn/workers/gthread.py:425)"
-VIEW = (f"{WORKER};_run_stamped (runtime/worker.py:376);Flask.wsgi_app (flask/app.py:1511);"
+VIEW = (f"{WORKER};run (runtime/stamps.py:86);Flask.wsgi_app (flask/app.py:1511);"
         "index (app.py:148)")
 HAND_OFFS = "hand-offs: pools, futures, the event loop (pools.py, concurrent.futures, asyncio)"
 
@@ -27,8 +27,8 @@ HAND_OFFS = "hand-offs: pools, futures, the event loop (pools.py, concurrent.fut
      "HTTP read (http.client)"),
     (f"{VIEW};ApiSource.read (services/api.py:37);HTTPResponse._read_status "
      "(http/client.py:286);SocketIO.readinto (socket.py:706)", profile.WAITING),
-    (f"{WORKER};_on_readable (runtime/worker.py:220);RequestReader.feed (runtime/reader.py:80)",
-     "HTTP parsing (gunicorn's parser, runtime/reader.py)"),
+    (f"{WORKER};_Reading._on_readable (runtime/channel.py:290);RequestReader.feed (runtime/wire.py:80)",
+     "HTTP parsing (gunicorn's parser, runtime/wire.py)"),
     ("Thread._bootstrap (threading.py:1002);Thread.run (threading.py:982)", profile.OTHER),
 ])
 def test_a_sample_goes_to_the_part_of_its_innermost_known_frame(stack, part):

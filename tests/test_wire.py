@@ -6,12 +6,12 @@ import time
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.attack import Attack, time_gets
 from bench.bench import deployment_pids, memory_mb
 from dev.harness import worker_pids
-from runtime.reader import FEED_BYTES, Limits, Refusal, RequestReader
+from runtime.wire import FEED_BYTES, Limits, Refusal, RequestReader
+from tests.helpers import ended_reads
 
 LIMITS = Limits(idle_s=10, head_s=20, head_max_s=40, body_s=20, body_max_s=60,
                 min_rate_bps=500, max_head_bytes=1024, max_body_bytes=100)
@@ -160,15 +160,6 @@ SHORT = {"READ_IDLE_TIMEOUT_S": 2, "READ_HEAD_TIMEOUT_S": 3, "READ_HEAD_MAX_S": 
          "READ_BODY_TIMEOUT_S": 3, "READ_BODY_MAX_S": 5, "KEEPALIVE": 2}
 LONGEST_S = 5  # the longest of them
 ATTACK = {"slowloris": 150, "slow_body": 60, "huge_chunk": 30, "stalled": 30, "silent": 200}
-
-
-def ended_reads(service):
-    """{reason: count} of request_reads_ended_total in /metrics."""
-    text = requests.get(service.url + "/metrics", timeout=10).text
-    return {sample.labels["reason"]: sample.value
-            for family in text_string_to_metric_families(text)
-            if family.name == "request_reads_ended" for sample in family.samples
-            if sample.name.endswith("_total")}
 
 
 @pytest.fixture
