@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-requirements
 
-.PHONY: install lock run test bench profile load cluster clean
+.PHONY: install lock run lint test bench profile load cluster clean
 
 install: $(STAMP)
 
@@ -31,7 +31,12 @@ lock:
 run: $(STAMP)
 	exec $(BIN)/gunicorn -c dev/run.conf.py
 
-test: $(STAMP)
+# The linter and the type checker (settings: pyproject.toml), in seconds; make test runs them first.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Side-by-side benchmarks against the seed's apps: reports/bench.md and reports/bench.png.
@@ -52,4 +57,4 @@ cluster: $(STAMP)
 	exec $(BIN)/python -m deploy.cluster $(CLUSTER_ARGS)
 
 clean:
-	rm -rf $(VENV) .venv-lock instance reports .pytest_cache
+	rm -rf $(VENV) .venv-lock instance reports .pytest_cache .mypy_cache .ruff_cache

@@ -6,22 +6,28 @@ importing this builds nothing.
 import logging
 import math
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import click
 from flask import Blueprint, Flask, current_app, g, jsonify, make_response, request
 from flask.json.provider import DefaultJSONProvider
+from flask.typing import ResponseReturnValue
+from flask.wrappers import Response
 from sqlalchemy.engine import make_url
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
+from werkzeug.sansio.response import Response as BaseResponse
 
 import openapi
 import pages
+import pools
+import services
 import telemetry
 from config import settings, stand_in_api_url
-import pools
 from pools import ExecutorFailed, PoolRestarted, Pools, Saturated, get_pools
 from runtime import overload, stamps
-import services
-from services import get_sources, primes, public_failure
+from runtime.clock import Monotonic, wall_clock_of
+from services import Source, get_sources, primes, public_failure
 from services.api import ApiSource
 from services.db import DbSource, init_db
 from services.files import FileSource
@@ -35,8 +41,9 @@ LOGGED_ERRORS = {500, 502, 504}
 READ_IN_REQUEST_THREAD = "api"
 # What the routes let through, and the status each is answered with (its message is its text,
 # written to be public); an InputError carries its own (400 or 413). 503s say when to retry.
-ERROR_STATUS = {primes.InputError: None, Saturated: 503, PoolRestarted: 503, TimeoutError: 504,
-                ExecutorFailed: 502}
+ERROR_STATUS: dict[type[Exception], int | None] = {
+    primes.InputError: None, Saturated: 503, PoolRestarted: 503, TimeoutError: 504,
+    ExecutorFailed: 502}
 
 
 class OrderedJSONProvider(DefaultJSONProvider):
@@ -44,13 +51,13 @@ class OrderedJSONProvider(DefaultJSONProvider):
 
     sort_keys = False
 
-    def response(self, *args, **kwargs):
+    def response(self, *args: Any, **kwargs: Any) -> BaseResponse:
         """Serialise one object (or the keyword arguments) into a JSON response."""
         obj = args[0] if len(args) == 1 else (args or kwargs)
         return self._app.response_class(self.dumps(obj), mimetype=self.mimetype)
 
 
-def create_app(test_config=None):
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Create the app: config from the environment (or `test_config`), its sources and pools."""
     app = Flask(__name__)
     # "/is_prime//" would otherwise be a 308 redirect whose body is an error; a "/" inside the
@@ -61,14 +68,12 @@ def create_app(test_config=None):
     app.json = OrderedJSONProvider(app)
     telemetry.configure_logging(cfg["LOG_LEVEL"], cfg["LOG_FORMAT"])
 
-    timeout = cfg["REQUEST_TIMEOUT_S"]
-    sources = [
+    services.init_app(app, [
         FileSource(cfg["FILE_PATH"], cfg["FILE_DELAY_MS"] / 1000),
-        DbSource(cfg["DATABASE_URL"], cfg["DB_DELAY_MS"] / 1000,
-                 cfg["DB_POOL_SIZE"], timeout),
+        DbSource(cfg["DATABASE_URL"], cfg["DB_DELAY_MS"] / 1000, cfg["DB_POOL_SIZE"],
+                 cfg["REQUEST_TIMEOUT_S"]),
         ApiSource(cfg["API_URL"]),
-    ]
-    services.init_app(app, sources)
+    ])
     primes.calibrate()  # admission by cost needs this machine's speed
     pools.init_app(app, Pools(
         thread_size=cfg["THREAD_POOL_SIZE"],
@@ -94,7 +99,7 @@ def create_app(test_config=None):
     return app
 
 
-def _stand_in_for_flask_run(cfg):
+def _stand_in_for_flask_run(cfg: Mapping[str, Any]) -> None:
     # Flask's development loop (flask --app app run) on a fresh clone has no upstream API: when
     # API_URL is left at the stand-in's address, the stand-in (dev/upstream.py) is served from
     # the development server's own process. gunicorn never gets here.
@@ -109,7 +114,7 @@ def _stand_in_for_flask_run(cfg):
         telemetry.log.warning("serving the stand-in API on %s for flask run", cfg["API_URL"])
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Flask:
     """`app.app`, built on first use (PEP 562), for `gunicorn app:app` and other tools that look
     for one; importing this module still builds nothing."""
     if name != "app":
@@ -119,13 +124,13 @@ def __getattr__(name):
 
 
 @click.command("init-db")
-def init_db_command():
+def init_db_command() -> None:
     """Create the quotes table and seed it (flask --app app init-db); safe to run again."""
     init_db(current_app.config["DATABASE_URL"])
     click.echo(f"database ready: {make_url(current_app.config['DATABASE_URL'])!r}")
 
 
-def _start_request():
+def _start_request() -> None:
     g.request_id = telemetry.set_request_id(request.headers.get(telemetry.REQUEST_ID_HEADER))
     # For gunicorn's access log: its atoms include the environ ({service.trace_id}e).
     request.environ["service.trace_id"] = telemetry.start_trace(
@@ -135,7 +140,7 @@ def _start_request():
     g.deadline = g.arrived + current_app.config["REQUEST_TIMEOUT_S"]
 
 
-def _finish_request(response):
+def _finish_request(response: Response) -> Response:
     response.headers[telemetry.REQUEST_ID_HEADER] = g.request_id
     seconds = time.monotonic() - g.arrived
     route = request.url_rule.rule if request.url_rule else "unmatched"
@@ -152,7 +157,7 @@ def _finish_request(response):
 
 @bp.get("/")
 @overload.work
-def index():
+def index() -> ResponseReturnValue:
     """Read the file, the database and the API, concurrently (default) or one after another;
     JSON, or a page with a waterfall of the reads for a browser."""
     mode = _choice("mode", READ_MODES)
@@ -188,14 +193,14 @@ def index():
 @bp.get("/is_prime/", defaults={"numbers": ""})
 @bp.get("/is_prime/<numbers>")
 @overload.work
-def is_prime_get(numbers):
+def is_prime_get(numbers: str) -> Response:
     """Check the comma-separated integers of the path."""
     return _check_primes(numbers.split(","))
 
 
 @bp.post("/is_prime")
 @overload.work
-def is_prime_post():
+def is_prime_post() -> Response:
     """Check a JSON list of integers (numbers or strings of digits), for batches too long for a URL."""
     try:
         # parse_int=str: numbers stay text, so they meet the same checks as the path's, and
@@ -212,13 +217,13 @@ def is_prime_post():
 
 
 @bp.get("/healthz")
-def healthz():
+def healthz() -> Response:
     """Liveness: the worker answers. No I/O."""
     return jsonify({"status": "ok"})
 
 
 @bp.get("/readyz")
-def readyz():
+def readyz() -> ResponseReturnValue:
     """Readiness: both pools run a task and every source is reachable, within READY_TIMEOUT_S."""
     front = get_pools()
     deadline = time.monotonic() + current_app.config["READY_TIMEOUT_S"]
@@ -241,19 +246,19 @@ def readyz():
 
 
 @bp.get("/openapi.json")
-def openapi_document():
+def openapi_document() -> Response:
     """The OpenAPI 3.1 document of this API."""
     return jsonify(openapi.get_document())
 
 
 @bp.get("/metrics")
-def metrics():
+def metrics() -> Response:
     """Prometheus metrics of all workers."""
     body, content_type = telemetry.render_metrics()
     return current_app.response_class(body, content_type=content_type)
 
 
-def _check_primes(items):
+def _check_primes(items: list[Any]) -> Response:
     cfg = current_app.config
     mode = _choice("mode", PRIME_MODES)
     front = get_pools()
@@ -266,7 +271,7 @@ def _check_primes(items):
         mode = "process" if estimated_ms > cfg["PRIME_INLINE_BUDGET_MS"] else "inline"
     # Check the deadline between numbers, on the wall clock (a Dask worker's host has its own
     # monotonic clock), so that no CPU is spent past it.
-    stop_at = time.time() + (g.deadline - time.monotonic())
+    stop_at = wall_clock_of(g.deadline)
     if mode == "inline":
         return jsonify(dict(zip(numbers, primes.check_batch(values, stop_at))))
     parts = max(front.process_size, math.ceil(estimated_ms / cfg["CPU_CHUNK_MS"]))
@@ -274,7 +279,7 @@ def _check_primes(items):
     # Python ints, not gmpy2's: a Dask scheduler unpickles the task without needing gmpy2.
     chunks = [[int(values[i]) for i in group] for group in groups]
     costs = [primes.least_cost_s(chunk) for chunk in chunks]
-    results = [None] * len(values)
+    results: list[bool | None] = [None] * len(values)
     answers = front.map_cpu(primes.check_chunk, [(chunk, stop_at) for chunk in chunks],
                             g.deadline, costs=costs, priority=sum(costs))
     for group, chunk in zip(groups, answers):
@@ -283,23 +288,23 @@ def _check_primes(items):
     return jsonify(dict(zip(numbers, results)))
 
 
-def _read_of(source, on_loop):
+def _read_of(source: Source, on_loop: bool) -> Callable[[Monotonic], Any]:
     # A source's coroutine waits on the event loop; its blocking read holds a thread.
     return getattr(source, "read_async", source.read) if on_loop else source.read
 
 
-def _choice(arg, allowed):
+def _choice(arg: str, allowed: Sequence[str]) -> str:
     value = request.args.get(arg, allowed[0])
     if value not in allowed:
         raise BadRequest(f"{arg} must be one of {', '.join(allowed)}; got {value[:40]!r}")
     return value
 
 
-def _retry_after():
-    return {"Retry-After": str(current_app.config["RETRY_AFTER_S"])}
+def _retry_after() -> list[tuple[str, str]]:
+    return [("Retry-After", str(current_app.config["RETRY_AFTER_S"]))]
 
 
-def _error(status, message, headers=()):
+def _error(status: int, message: str, headers: Iterable[tuple[str, str]] = ()) -> Response:
     if pages.wants_html():
         response = make_response(pages.error_page(status, message), status)
     else:
@@ -310,19 +315,19 @@ def _error(status, message, headers=()):
     return response
 
 
-def _http_error(exc):
+def _http_error(exc: HTTPException) -> Response:
     # Keep headers such as 405's Allow; the body is JSON, not Werkzeug's HTML page.
     headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
-    return _error(exc.code, f"{exc.name}: {exc.description}", headers)
+    return _error(exc.code or 500, f"{exc.name}: {exc.description}", headers)
 
 
-def _body_too_large(exc):
+def _body_too_large(exc: RequestEntityTooLarge) -> Response:
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     return _error(413, f"the body is too large: the limit is {limit} bytes")
 
 
-def _known_error(exc):
+def _known_error(exc: Exception) -> Response:
     status = next(status for kind, status in ERROR_STATUS.items() if isinstance(exc, kind))
-    status = status or exc.status
-    return _error(status, str(exc), _retry_after() if status == 503 else ())
+    code = status if status is not None else int(getattr(exc, "status", 500))  # InputError's
+    return _error(code, str(exc), _retry_after() if code == 503 else ())
 

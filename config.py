@@ -2,8 +2,13 @@
 environment, and the only place a setting is derived from others (derive()). The README's
 configuration table lists the same names (a test checks it)."""
 import os
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
+T = TypeVar("T")
+S = TypeVar("S", bound=MutableMapping[str, Any])
+D = TypeVar("D", bound=str | None)
 ROOT = Path(__file__).resolve().parent
 GET_SOURCES = 3  # GET / reads a file, a database and an API (app.py)
 
@@ -11,21 +16,21 @@ GET_SOURCES = 3  # GET / reads a file, a database and an API (app.py)
 class SettingError(ValueError):
     """An environment variable holds a value its setting cannot take."""
 
-    def __init__(self, name, value, allowed):
+    def __init__(self, name: str, value: str, allowed: str) -> None:
         super().__init__(f"{name}={value!r} is not a valid setting: {allowed}")
 
 
-def env_int(name, default):
+def env_int(name: str, default: int) -> int:
     """Return environment variable `name` as an int, or `default` when unset or empty."""
     return _parsed(name, default, int, "a whole number")
 
 
-def env_float(name, default):
+def env_float(name: str, default: float) -> float:
     """Return environment variable `name` as a float, or `default` when unset or empty."""
     return _parsed(name, default, float, "a number")
 
 
-def env_str(name, default):
+def env_str(name: str, default: D) -> str | D:
     """Return environment variable `name`, or `default` when unset or empty."""
     return os.environ.get(name, "") or default
 
@@ -33,7 +38,7 @@ def env_str(name, default):
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
-def env_choice(name, default, choices):
+def env_choice(name: str, default: str, choices: Sequence[str]) -> str:
     """Return environment variable `name`, one of `choices`, or `default` when unset or empty."""
     value = os.environ.get(name, "").strip().lower() or default
     if value not in choices:
@@ -41,7 +46,7 @@ def env_choice(name, default, choices):
     return value
 
 
-def env_bool(name, default):
+def env_bool(name: str, default: bool) -> bool:
     """Return environment variable `name` as a bool (one of TRUE_WORDS or FALSE_WORDS), or
     `default` when unset or empty."""
     value = os.environ.get(name, "").strip().lower()
@@ -52,7 +57,7 @@ def env_bool(name, default):
     return value in TRUE_WORDS
 
 
-def _parsed(name, default, kind, allowed):
+def _parsed(name: str, default: T, kind: Callable[[str], T], allowed: str) -> T:
     value = os.environ.get(name, "").strip()
     if not value:
         return default
@@ -62,7 +67,7 @@ def _parsed(name, default, kind, allowed):
         raise SettingError(name, value, allowed) from None
 
 
-def stand_in_api_url(port):
+def stand_in_api_url(port: int) -> str:
     """The URL of the stand-in upstream API (dev/upstream.py) listening on `port`."""
     return f"http://127.0.0.1:{port}/"
 
@@ -207,7 +212,7 @@ class ToolConfig:
     BENCH_SECONDS = env_int("BENCH_SECONDS", 8)
 
 
-def settings(overrides=None):
+def settings(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Every setting of Config, with `overrides` (a dict) on top and the derived ones filled in:
     what create_app puts in app.config, and what code outside a request reads."""
     values = {name: value for name, value in vars(Config).items() if name.isupper()}
@@ -215,7 +220,7 @@ def settings(overrides=None):
     return derive(values)
 
 
-def derive(settings):
+def derive(settings: S) -> S:
     """Fill in, in place, the settings whose value follows from others: the pool sizes left at 0
     and Flask's MAX_CONTENT_LENGTH; return `settings` (a dict, or app.config)."""
     threads = settings["WEB_THREADS"]

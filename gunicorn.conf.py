@@ -19,8 +19,11 @@ import os
 import shutil
 import sys
 import tempfile
+from typing import Any
 
 from gunicorn import glogging
+from gunicorn.arbiter import Arbiter
+from gunicorn.workers.base import Worker
 
 import pools
 import telemetry
@@ -81,7 +84,7 @@ loglevel = Config.LOG_LEVEL
 class JsonLogger(glogging.Logger):
     """gunicorn's logger, its error and access lines written by telemetry.JsonFormatter."""
 
-    def setup(self, cfg):
+    def setup(self, cfg: Any) -> None:
         """Set up as gunicorn does, then give every handler the JSON formatter."""
         super().setup(cfg)
         for log in (self.error_log, self.access_log):
@@ -101,7 +104,7 @@ _metrics_dir = Config.PROMETHEUS_MULTIPROC_DIR or f"{_METRICS_DIR_PREFIX}{os.get
 raw_env = [f"PROMETHEUS_MULTIPROC_DIR={_metrics_dir}"]
 
 
-def on_starting(server):
+def on_starting(server: Arbiter) -> None:
     """Check CPU_EXECUTOR, choose the worker class for the sockets, empty the metrics directory
     (and remove dead masters' ones), and seed the database once."""
     dask_executor.parse(Config.CPU_EXECUTOR)  # a bad setting stops gunicorn here, saying why
@@ -115,11 +118,11 @@ def on_starting(server):
             os.remove(os.path.join(_metrics_dir, name))
     try:
         init_db(Config.DATABASE_URL)
-    except Exception as exc:  # the database may come up later: serve, and let /readyz say so
+    except Exception as exc:  # noqa: BLE001 - the database may come up later: /readyz says so
         server.log.warning("could not create or seed the database: %s", exc)
 
 
-def _remove_dead_masters_metrics():
+def _remove_dead_masters_metrics() -> None:
     # on_exit removes a master's own directory, but a master killed by SIGKILL (or the OOM
     # killer) never runs it: its directory would stay in the temp dir for good.
     for path in glob.glob(f"{_METRICS_DIR_PREFIX}*"):
@@ -128,19 +131,19 @@ def _remove_dead_masters_metrics():
             shutil.rmtree(path, ignore_errors=True)
 
 
-def on_exit(server):
+def on_exit(server: Arbiter) -> None:
     """Remove our own metrics directory."""
     if not Config.PROMETHEUS_MULTIPROC_DIR:
         shutil.rmtree(_metrics_dir, ignore_errors=True)
 
 
-def pre_fork(server, worker):
+def pre_fork(server: Arbiter, worker: Worker) -> None:
     """In the master: choose the CPU the new worker will be pinned to (PIN_WORKERS, Linux)."""
     if Config.PIN_WORKERS and pinning.supported():
         worker.cpu = pinning.least_used_cpu(server.WORKERS.values(), os.sched_getaffinity(0))
 
 
-def post_worker_init(worker):
+def post_worker_init(worker: Worker) -> None:
     """Start this worker's pools, pin it to its CPU, set its GIL switch interval
     (GIL_SWITCH_MS), and exempt what exists now from the GC."""
     pools.get_pools(worker.wsgi).warm()
@@ -155,12 +158,12 @@ def post_worker_init(worker):
         gc.freeze()
 
 
-def worker_exit(server, worker):
+def worker_exit(server: Arbiter, worker: Worker) -> None:
     """Shut down the pools of the exiting worker, so no pool process outlives it."""
     pools.shutdown_all()
 
 
-def child_exit(server, worker):
+def child_exit(server: Arbiter, worker: Worker) -> None:
     """In the master: drop the dead worker's live gauges, fold its counts into the archive,
     free its slot of the host's CPU ledger."""
     telemetry.mark_process_dead(worker.pid)

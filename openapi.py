@@ -8,24 +8,26 @@ openapi-spec-validator and checks that it names every route; schemathesis fuzzes
 from it and every response must conform.
 """
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from flask import current_app
+from flask import Flask, current_app
 
 PATH = Path(__file__).with_name("openapi.json")
 
 
-def init_app(app):
+def init_app(app: Flask) -> None:
     """Give `app` its document, with its config's limits, for get_document."""
     app.extensions["openapi"] = document(app.config)
 
 
-def get_document(app=None):
+def get_document(app: Flask | None = None) -> dict[str, Any]:
     """The document of `app`, by default of the app handling this request."""
     return (app or current_app).extensions["openapi"]
 
 
-def document(config):
+def document(config: Mapping[str, Any]) -> dict[str, Any]:
     """Return the document as a dict, with the limits in `config`."""
     max_items, max_digits = config["PRIME_MAX_ITEMS"], config["PRIME_MAX_DIGITS"]
     text = PATH.read_text(encoding="utf-8")

@@ -4,9 +4,13 @@ Everyone else (curl, requests, locust: `Accept: */*` or JSON) keeps getting JSON
 `?format=json` forces it; `?format=html` forces the page.
 """
 import math
+from collections.abc import Mapping, Sequence
 
 from flask import render_template, request
 from werkzeug.http import HTTP_STATUS_CODES
+
+from runtime.clock import Monotonic
+from runtime.fanout import Outcome
 
 FORMATS = ("auto", "json", "html")
 # The waterfall's time axis is marked every AXIS_STEP_MS (or a multiple, for at most
@@ -15,7 +19,7 @@ AXIS_STEP_MS = 100
 AXIS_MAX_TICKS = 8
 
 
-def wants_html():
+def wants_html() -> bool:
     """True when ?format=html, or the request prefers HTML to JSON (a browser's Accept)."""
     forced = request.args.get("format")
     if forced in ("json", "html"):
@@ -25,7 +29,8 @@ def wants_html():
     return request.accept_mimetypes.best_match(("application/json", "text/html")) == "text/html"
 
 
-def index_page(mode, modes, outcomes, timings, errors, arrived):
+def index_page(mode: str, modes: Sequence[str], outcomes: Mapping[str, Outcome],
+               timings: Mapping[str, float], errors: Mapping[str, str], arrived: Monotonic) -> str:
     """The page of GET /: the three results and a waterfall of the reads, drawn from the same
     durations as Server-Timing, each bar placed where its read started after `arrived`.
 
@@ -49,11 +54,11 @@ def index_page(mode, modes, outcomes, timings, errors, arrived):
         ticks=[(ms, _percent(ms, axis_ms)) for ms in range(0, axis_ms + 1, step)])
 
 
-def error_page(status, message):
+def error_page(status: int, message: str) -> str:
     """A readable page for an error that a browser met."""
     return render_template("error.html", status=status, message=message,
                            reason=HTTP_STATUS_CODES.get(status, "Error"))
 
 
-def _percent(ms, axis_ms):
+def _percent(ms: float, axis_ms: float) -> float:
     return round(100 * max(0.0, ms) / axis_ms, 2)

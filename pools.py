@@ -3,27 +3,35 @@
 inherited across a fork (runtime.per_process). Pools is the front: the I/O fan-out is
 runtime/fanout.py, the CPU admission runtime/cpu_queue.py.
 """
+from __future__ import annotations
+
 import math
 import multiprocessing
 import os
 import time
 import weakref
-from concurrent.futures import BrokenExecutor, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from collections.abc import Callable, Sequence
+from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
 
-from flask import current_app
+from flask import Flask, current_app
 
 import telemetry
 from runtime import dask_executor, fanout, pool_child
+from runtime.clock import Monotonic
 from runtime.cpu_queue import CpuQueue, ExecutorFailed, PoolRestarted
 from runtime.loop_thread import LoopThread
 from runtime.overload import Saturated
 from runtime.per_process import PerProcess
 
+C = TypeVar("C")  # a chunk of CPU work
+R = TypeVar("R")  # what fn makes of it
+E = TypeVar("E", bound=Exception)
 # The front: app.py takes the pools and the errors it answers from here alone.
 __all__ = ["ExecutorFailed", "PoolRestarted", "Pools", "Saturated", "get_pools", "init_app",
            "shutdown_all"]
-_instances = weakref.WeakSet()
+_instances: weakref.WeakSet[Pools] = weakref.WeakSet()
 # The estimated CPU seconds of a chunk whose caller gives no estimate (/readyz's check, tests).
 NOMINAL_COST_S = 0.001
 _CHILD_DIED = "a prime-check process died; the pool was rebuilt"
@@ -37,8 +45,9 @@ class Pools:
     """Owns one ThreadPoolExecutor and one CPU executor per process, created lazily: a
     ProcessPoolExecutor, or a Dask cluster's executor (CPU_EXECUTOR)."""
 
-    def __init__(self, thread_size, process_size, thread_queue=0, process_preload=(),
-                 cpu_executor="process", connect_timeout_s=1.0, reconnect_after_s=2.0):
+    def __init__(self, thread_size: int, process_size: int, thread_queue: int = 0,
+                 process_preload: Sequence[str] = (), cpu_executor: str = "process",
+                 connect_timeout_s: float = 1.0, reconnect_after_s: float = 2.0) -> None:
         self.thread_size = thread_size
         self.process_size = process_size
         # The Dask scheduler's address, or None for this process's own pool (ValueError if the
@@ -58,17 +67,17 @@ class Pools:
             len(self._cpus) if self._cpus else (os.cpu_count() or 1))
         self._cpu_queue = PerProcess(lambda: CpuQueue(process_size, self.process_pool,
                                                        host_cores))
-        self._threads = PerProcess(self._new_thread_pool)
-        self._processes = PerProcess(self._new_cpu_executor)
+        self._threads: PerProcess[Executor] = PerProcess(self._new_thread_pool)
+        self._processes: PerProcess[Executor] = PerProcess(self._new_cpu_executor)
         self._loop = PerProcess(lambda: LoopThread("read-loop", self.thread_pool()))
         _instances.add(self)
 
-    def _new_thread_pool(self):
+    def _new_thread_pool(self) -> ThreadPoolExecutor:
         telemetry.POOL_SIZE.labels("thread").set(self.thread_size)
         return ThreadPoolExecutor(self.thread_size, thread_name_prefix="read")
 
-    def _new_cpu_executor(self):
-        if self.dask_address is not None:
+    def _new_cpu_executor(self) -> Executor:
+        if self._connect_dask is not None:
             return self._connect_dask()
         # forkserver, not fork: forking a multi-threaded gunicorn worker can copy a lock held by
         # another thread into the child, which then deadlocks.
@@ -78,27 +87,29 @@ class Pools:
         return ProcessPoolExecutor(self.process_size, mp_context=context,
                                    initializer=pool_child.init, initargs=(os.getpid(), self._cpus))
 
-    def thread_pool(self):
+    def thread_pool(self) -> Executor:
         """Return this process's thread pool, creating it on first use."""
         return self._threads.get()
 
-    def process_pool(self):
+    def process_pool(self) -> Executor:
         """Return this process's CPU executor (its process pool, or a Dask cluster's executor),
         creating it on first use."""
         return self._processes.get()
 
-    def event_loop(self):
+    def event_loop(self) -> LoopThread:
         """Return this process's event loop thread (runtime/loop_thread.py), starting it on first
         use; its executor is the thread pool."""
         return self._loop.get()
 
-    def gather(self, calls, deadline, *, run_here=None, sequential=False):
+    def gather(self, calls: fanout.Calls, deadline: Monotonic, *, run_here: str | None = None,
+               sequential: bool = False) -> dict[str, fanout.Outcome]:
         """runtime/fanout.gather with this process's thread pool, gate and event loop."""
         return fanout.gather(calls, deadline, thread_pool=self.thread_pool,
                              gate=self._thread_gate.get, event_loop=self.event_loop,
                              run_here=run_here, sequential=sequential)
 
-    def map_cpu(self, fn, chunks, deadline, *, costs=None, priority=0.0):
+    def map_cpu(self, fn: Callable[[C], R], chunks: Sequence[C], deadline: Monotonic, *,
+                costs: Sequence[float] | None = None, priority: float = 0.0) -> list[R]:
         """Return [fn(chunk) for chunk in chunks], each chunk in a pool process.
 
         `costs` are the chunks' estimated CPU seconds (by default NOMINAL_COST_S each) and
@@ -117,12 +128,7 @@ class Pools:
         futures = self._cpu_queue.get().submit_all(fn, chunks, costs, priority, deadline)
         self._cpu_tasks.inc(len(chunks))
         try:
-            _, pending = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
-            if pending:
-                for future in pending:
-                    future.cancel()
-                raise TimeoutError("the prime check did not finish within the deadline")
-            return [future.result() for future in futures]
+            return _results_by(futures, deadline)
         except BrokenExecutor as exc:  # a child died, or the Dask Client gave up: build anew
             died = isinstance(exc, BrokenProcessPool)
             if self._drop(pool) and died:
@@ -139,7 +145,7 @@ class Pools:
                 raise PoolRestarted(_CHILD_DIED) from exc
             raise
 
-    def _drop(self, pool):
+    def _drop(self, pool: Executor) -> bool:
         """Forget a CPU executor that failed, so the next call builds one anew; whether this
         call did (when several threads find the same one broken, one replaces it)."""
         if not self._processes.discard(pool):
@@ -147,7 +153,7 @@ class Pools:
         pool.shutdown(wait=False, cancel_futures=True)
         return True
 
-    def warm(self):
+    def warm(self) -> None:
         """Start both pools and the event loop, and the process pool's forkserver and all its
         children, now (or connect to the Dask scheduler, if it is there yet)."""
         self.event_loop()
@@ -164,7 +170,7 @@ class Pools:
         for future in [pool.submit(os.getpid) for _ in range(self.process_size)]:
             future.result()
 
-    def shutdown(self):
+    def shutdown(self) -> None:
         """Stop the event loop (cancelling its reads) and both executors of this process,
         waiting for the work they hold."""
         queue = self._cpu_queue.peek()
@@ -179,23 +185,34 @@ class Pools:
                 executor.shutdown(wait=True, cancel_futures=True)
 
 
-def init_app(app, pools):
+def init_app(app: Flask, pools: Pools) -> None:
     """Give `app` its Pools, for get_pools (as flaskr's db.init_app)."""
     app.extensions["pools"] = pools
 
 
-def get_pools(app=None):
+def get_pools(app: Flask | None = None) -> Pools:
     """The Pools of `app`, by default of the app handling this request (as flaskr's get_db)."""
     return (app or current_app).extensions["pools"]
 
 
-def shutdown_all():
+def shutdown_all() -> None:
     """Shut down every Pools of this process (gunicorn's worker_exit hook calls this)."""
     for pools in list(_instances):
         pools.shutdown()
 
 
-def _failed(kind, public, cause):
+def _results_by(futures: list[Future[Any]], deadline: Monotonic) -> list[Any]:
+    # Every result in order, or TimeoutError at the deadline with the chunks not started
+    # cancelled.
+    _, pending = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+    if pending:
+        for future in pending:
+            future.cancel()
+        raise TimeoutError("the prime check did not finish within the deadline")
+    return [future.result() for future in futures]
+
+
+def _failed(kind: type[E], public: str, cause: BaseException) -> E:
     """kind(public), for the client; what caused it is logged with the request id."""
     telemetry.log.warning("%s: %s", public, telemetry.describe(cause))
     return kind(public)

@@ -15,6 +15,7 @@ import random
 import re
 import sys
 import threading
+from typing import Any
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -22,8 +23,10 @@ _request_id = contextvars.ContextVar("request_id", default="-")
 # W3C Trace Context (https://www.w3.org/TR/trace-context/): version-traceid-parentid-flags.
 TRACEPARENT_HEADER = "traceparent"
 _VALID_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
-_trace = contextvars.ContextVar("trace", default=None)  # (trace id, this span's id, flags)
-LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] [%(threadName)s] [rid=%(request_id)s] %(name)s: %(message)s"
+_trace: contextvars.ContextVar[tuple[str, str, str] | None] = contextvars.ContextVar(
+    "trace", default=None)  # (trace id, this span's id, flags)
+LOG_FORMAT = ("[%(asctime)s] [%(process)d] [%(levelname)s] [%(threadName)s] [rid=%(request_id)s] "
+              "%(name)s: %(message)s")
 
 log = logging.getLogger("service")
 
@@ -36,7 +39,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1
 
 
 # Each metric: (attribute, prometheus_client class, name, help, labels, keyword arguments).
-_METRICS = (
+_METRICS: tuple[tuple[str, str, str, str, list[str], dict[str, Any]], ...] = (
     ("REQUEST_SECONDS", "Histogram", "http_request_duration_seconds",
      "Time from gunicorn queueing a request to its response", ["route", "method", "status"],
      {"buckets": LATENCY_BUCKETS}),
@@ -69,7 +72,7 @@ _METRICS = (
 _metrics_lock = threading.Lock()
 
 
-def _build_metrics():
+def _build_metrics() -> dict[str, Any]:
     # prometheus_client picks its multiprocess mode when it is first imported, so it is imported
     # here, on the first use of a metric, not when this module is (gunicorn's master imports the
     # worker class, and so this module, before gunicorn.conf.py sets the environment).
@@ -84,7 +87,7 @@ def _build_metrics():
             for attribute, kind, name, documentation, labels, kwargs in _METRICS}
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     """The metrics (telemetry.REJECTED and the like), all built on the first use of one (PEP 562);
     after that they are plain attributes of this module."""
     if name not in {metric[0] for metric in _METRICS}:
@@ -95,13 +98,13 @@ def __getattr__(name):
     return globals()[name]
 
 
-def _multiproc_dir():
+def _multiproc_dir() -> str | None:
     # prometheus_client reads this variable itself, so this module follows the environment, not
     # Config: gunicorn.conf.py sets it for the workers after config.py was imported.
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 
 
-def set_request_id(incoming):
+def set_request_id(incoming: str | None) -> str:
     """Adopt a well-formed incoming X-Request-ID or make a new one; return it."""
     # 128 random bits as uuid4().hex has, from the PRNG (which Python reseeds in a forked child)
     # rather than os.urandom: a system call, where a busy worker's thread may lose the GIL.
@@ -111,12 +114,12 @@ def set_request_id(incoming):
     return request_id
 
 
-def current_request_id():
+def current_request_id() -> str:
     """The id of the request this thread (or pool task) is working for."""
     return _request_id.get()
 
 
-def start_trace(incoming):
+def start_trace(incoming: str | None) -> str:
     """Join the caller's W3C trace (a well-formed `traceparent`) or start one; this request is a
     span of its own in it. Return the trace id."""
     match = _VALID_TRACEPARENT.fullmatch(incoming.strip().lower()) if incoming else None
@@ -128,21 +131,21 @@ def start_trace(incoming):
     return trace_id
 
 
-def traceparent():
+def traceparent() -> str | None:
     """The `traceparent` to send on a call made for the current request (None outside one)."""
     trace = _trace.get()
     return None if trace is None else f"00-{trace[0]}-{trace[1]}-{trace[2]}"
 
 
-def current_trace_id():
+def current_trace_id() -> str:
     """The trace id of the current request, or "-"."""
     trace = _trace.get()
     return "-" if trace is None else trace[0]
 
 
-def describe(error):
+def describe(error: BaseException | None) -> str:
     """An exception and its causes as one log line's text ("TimeoutError: ...; from ...")."""
-    parts = []
+    parts: list[str] = []
     while error is not None and len(parts) < 4:
         parts.append(f"{type(error).__name__}: {error}")
         error = error.__cause__ or error.__context__
@@ -150,7 +153,7 @@ def describe(error):
 
 
 class _RequestIdFilter(logging.Filter):
-    def filter(self, record):
+    def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = _request_id.get()
         record.trace_id = current_trace_id()
         return True
@@ -161,9 +164,9 @@ class JsonFormatter(logging.Formatter):
     message, request and trace ids; a line of gunicorn's access log also has the method, route,
     path, status and duration. The standard library's json, no dependency."""
 
-    def format(self, record):
+    def format(self, record: logging.LogRecord) -> str:
         """The record as one line of JSON."""
-        entry = {"time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+        entry = {"time": datetime.datetime.fromtimestamp(record.created, datetime.UTC)
                  .isoformat(timespec="milliseconds"),
                  "level": record.levelname, "logger": record.name, "pid": record.process}
         atoms = record.args if record.name == "gunicorn.access" else None
@@ -182,7 +185,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(level, log_format="text"):
+def configure_logging(level: str | int, log_format: str = "text") -> None:
     """Send the service's log lines, each with its request id, to stderr (gunicorn's error log);
     with "json", the lines of any other library too (the root logger's)."""
     if any(isinstance(f, _RequestIdFilter) for h in log.handlers for f in h.filters):
@@ -192,21 +195,21 @@ def configure_logging(level, log_format="text"):
                          else logging.Formatter(LOG_FORMAT))
     handler.addFilter(_RequestIdFilter())
     log.addHandler(handler)
-    log.setLevel(level.upper())
+    log.setLevel(level.upper() if isinstance(level, str) else level)
     log.propagate = False
     if log_format == "json":  # else a library's warning goes out as plain text (lastResort)
         logging.getLogger().addHandler(handler)
         logging.captureWarnings(True)
 
 
-def method_label(method):
+def method_label(method: str) -> str:
     """The `method` label of a request: one of METHODS, else "other", so that a client sending
     made-up methods cannot add a series each (issue 23, item 4: 5000 of them made /metrics
     9.9 MB)."""
     return method if method in METHODS else "other"
 
 
-def render_metrics():
+def render_metrics() -> tuple[bytes, str]:
     """Return (body, content type) of every metric, summed over all worker processes."""
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
@@ -220,7 +223,7 @@ def render_metrics():
     return generate_latest(_multiprocess_registry()), CONTENT_TYPE_LATEST
 
 
-def _multiprocess_registry():
+def _multiprocess_registry() -> Any:
     from prometheus_client import CollectorRegistry, multiprocess
 
     registry = CollectorRegistry()
@@ -228,7 +231,7 @@ def _multiprocess_registry():
     return registry
 
 
-def mark_process_dead(pid):
+def mark_process_dead(pid: int) -> None:
     """Drop a dead worker's live gauges, and fold its counters and histograms into one archive
     file a kind (gunicorn's child_exit hook calls this, in the master: the archive's only
     writer). prometheus_client keeps a dead process's files, so without this every recycled

@@ -3,7 +3,8 @@
 Writes reports/bench.md, reports/bench.png and reports/goodput.png. The load generator is wrk
 (Debian's package, installed here when missing and when run as root): a C event loop on one
 thread, so the server keeps most of the CPU. The overload runs use hey (Debian's too), which logs
-every response, so that the 200s and the 503s get latencies of their own. Every server runs on 127.0.0.1 and is stopped before the next starts.
+every response, so that the 200s and the 503s get latencies of their own. Every server runs on
+127.0.0.1 and is stopped before the next starts.
 """
 import argparse
 import contextlib
@@ -26,8 +27,17 @@ from bench import multihost, peer_asyncio, peer_gevent
 from bench.clients import SETTLE_S, median_seconds, wrk
 from bench.workloads import SEED_NUMBER, SEED_WORKLOAD, big_primes
 from config import Config, ToolConfig
-from dev.harness import (REPORTS, Service, cpu_seconds, deployment, descendants,
-                         ensure_installed, free_port, sqlite_url)
+from dev.harness import (
+    REPORTS,
+    Service,
+    cpu_seconds,
+    deployment,
+    descendants,
+    ensure_installed,
+    free_port,
+    sqlite_url,
+)
+
 CONCURRENCY = (1, 50, 200, 500)
 FLOOR_S = 0.300  # the slowest read of the seed profile
 # Overload: GET / from this many clients each; hey logs every response, so the 200s and the 503s

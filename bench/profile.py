@@ -29,8 +29,16 @@ import time
 from pathlib import Path
 
 from bench.bench import context_switches, memory_mb
-from dev.harness import (REPORTS, ROOT, cpu_seconds, deployment, ensure_installed,
-                         start_gunicorn, start_upstream, worker_pids)
+from dev.harness import (
+    REPORTS,
+    ROOT,
+    cpu_seconds,
+    deployment,
+    ensure_installed,
+    start_gunicorn,
+    start_upstream,
+    worker_pids,
+)
 
 CLIENTS = 32
 FAST = {"FILE_DELAY_MS": 1, "DB_DELAY_MS": 2}

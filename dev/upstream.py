@@ -40,7 +40,7 @@ def create_upstream(delay_ms):
         try:
             delay = int(request.query.get("delay_ms", delay_ms))
         except ValueError:
-            raise web.HTTPBadRequest(text="delay_ms must be an integer")
+            raise web.HTTPBadRequest(text="delay_ms must be an integer") from None
         await asyncio.sleep(delay / 1000)
         body = {"source": "upstream", "message": "hello from the upstream API",
                 "serial": next(counter), "delay_ms": delay,

@@ -17,15 +17,21 @@ its cost and the cost queued ahead of it fit by its deadline: on this worker's p
 the host's cores that every worker's pool shares (runtime/host_cpu.py). pools.Pools.map_cpu is
 its caller.
 """
+from __future__ import annotations
+
+import functools
 import heapq
 import itertools
 import threading
 import time
-from concurrent.futures import Future
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from typing import Any
 
 import telemetry
 from runtime import host_cpu
+from runtime.clock import Monotonic
 from runtime.overload import Saturated
 
 # A chunk still running this long after its deadline is taken as lost (a Dask cluster that went
@@ -55,7 +61,7 @@ class CpuQueue:
     this worker's `size` processes and on the host's `host_cores`, which every worker's pool
     shares (runtime/host_cpu.py)."""
 
-    def __init__(self, size, executor, host_cores):
+    def __init__(self, size: int, executor: Callable[[], Executor], host_cores: float) -> None:
         self.size = size
         self.host_cores = host_cores
         self._slot = host_cpu.slot()  # None without a host ledger: this worker alone counts
@@ -64,13 +70,14 @@ class CpuQueue:
         # otherwise admit batches that end 504 (issue 24).
         self._scale = 1.0
         self._executor = executor  # returns the current executor (a broken one is replaced)
-        self._waiting = []  # a heap of (priority, order of arrival, Chunk)
+        self._waiting: list[tuple[float, int, Chunk]] = []  # a heap of (priority, order of arrival, Chunk)
         self._arrivals = itertools.count()
-        self._running = []
+        self._running: list[Chunk] = []
         self._lock = threading.Lock()
         self._pumping = threading.local()
 
-    def submit_all(self, fn, chunks, costs, priority, deadline):
+    def submit_all(self, fn: Callable[[Any], Any], chunks: Sequence[Any], costs: Sequence[float],
+                   priority: float, deadline: Monotonic) -> list[Future[Any]]:
         """Queue fn(chunk) for every chunk, or none (Saturated) if the estimated work ahead of
         them and their own `costs` (CPU seconds, scaled by what chunks took lately) cannot be
         done by the deadline on `size` processes, or on the host's cores; return a Future
@@ -97,7 +104,7 @@ class CpuQueue:
         self._pump()
         return [chunk.future for chunk in new]
 
-    def cancel_all(self):
+    def cancel_all(self) -> None:
         """Cancel every chunk still waiting (the executor is shutting down)."""
         with self._lock:
             waiting, self._waiting = self._waiting, []
@@ -105,7 +112,7 @@ class CpuQueue:
         for _, _, chunk in waiting:
             chunk.future.cancel()
 
-    def _pump(self):
+    def _pump(self) -> None:
         # A chunk that ends at once calls _finish, and so _pump, from inside this loop: the
         # outer call carries on instead, so the stack does not grow with the queue.
         if getattr(self._pumping, "active", False):
@@ -114,15 +121,15 @@ class CpuQueue:
         try:
             while chunk := self._next():
                 try:
-                    inner = self._executor().submit(chunk.fn, chunk.arg)
+                    inner: Future[Any] = self._executor().submit(chunk.fn, chunk.arg)
                 except BaseException as exc:  # noqa: BLE001 - a broken or unreachable executor
                     self._finish(chunk, exc=exc)
                 else:
-                    inner.add_done_callback(lambda done, chunk=chunk: self._finish(chunk, done))
+                    inner.add_done_callback(functools.partial(self._finish, chunk))
         finally:
             self._pumping.active = False
 
-    def _next(self):
+    def _next(self) -> Chunk | None:
         with self._lock:
             self._forget_lost()
             while self._waiting and len(self._running) < self.size:
@@ -134,7 +141,8 @@ class CpuQueue:
                     return chunk
             return None
 
-    def _finish(self, chunk, done=None, exc=None):
+    def _finish(self, chunk: Chunk, done: Future[Any] | None = None,
+                exc: BaseException | None = None) -> None:
         with self._lock:
             if chunk in self._running:  # else _forget_lost took it out already
                 self._running.remove(chunk)
@@ -144,20 +152,20 @@ class CpuQueue:
                 taken = (time.monotonic() - chunk.started) / chunk.estimate
                 self._scale += (min(MAX_SCALE, max(MIN_SCALE, taken)) - self._scale) * SCALE_WEIGHT
             self._publish()
-        if exc is None:
+        if exc is None and done is not None:
             exc = done.exception() if not done.cancelled() else PoolRestarted("the task was lost")
-        if exc is None:
+        if exc is None and done is not None:
             chunk.future.set_result(done.result())
         else:
             chunk.future.set_exception(exc)
         self._pump()
 
-    def _forget_lost(self):
+    def _forget_lost(self) -> None:
         now = time.monotonic()
         self._running = [chunk for chunk in self._running
                          if now < chunk.deadline + LOST_AFTER_S]
 
-    def _publish(self):
+    def _publish(self) -> None:
         telemetry.POOL_BUSY.labels("process").set(len(self._running))
         telemetry.POOL_QUEUED.labels("process").set(len(self._waiting))
         host_cpu.publish(self._slot, sum(chunk.cost for chunk in self._running) + sum(
@@ -168,13 +176,10 @@ class CpuQueue:
 class Chunk:
     """One call fn(arg) of a batch, with what it is expected to cost and its Future."""
 
-    fn: object
-    arg: object
+    fn: Callable[[Any], Any]
+    arg: Any
     cost: float  # expected seconds: the estimate, scaled by what chunks took lately
     deadline: float
     estimate: float  # the caller's estimate
     started: float = 0.0
-    future: Future = None
-
-    def __post_init__(self):
-        self.future = Future()
+    future: Future[Any] = field(default_factory=Future)

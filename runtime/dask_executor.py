@@ -25,13 +25,18 @@ unpickles the graph, could not import it), so each function goes as cloudpickle'
 (_ByValue). A worker that cannot run it (no gmpy2) fails the task with WorkersFailed, and the
 request gets a 502 naming the cause.
 """
+from __future__ import annotations
+
 import functools
 import importlib
 import math
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import BrokenExecutor, CancelledError, Executor, Future
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+T = TypeVar("T")
 SCHEME = "dask"
 
 
@@ -48,7 +53,7 @@ class WorkersFailed(Exception):
     what the task needs, say."""
 
 
-def parse(setting):
+def parse(setting: str) -> str | None:
     """The scheduler address of a CPU_EXECUTOR setting, None for the local pool ("process");
     ValueError, saying what is expected, for anything else."""
     if setting == "process":
@@ -74,14 +79,15 @@ class Connector:
     wait tries again: how soon a scheduler that is back is used.
     """
 
-    def __init__(self, address, connect_timeout_s, reconnect_after_s, ship=()):
+    def __init__(self, address: str, connect_timeout_s: float, reconnect_after_s: float,
+                 ship: Sequence[str] = ()) -> None:
         self.address = address
         self._connect_timeout_s = connect_timeout_s
         self._reconnect_after_s = reconnect_after_s
         self._ship = ship
         self._failed_at = -math.inf  # time.monotonic() of the last failed connect
 
-    def __call__(self):
+    def __call__(self) -> DaskExecutor:
         waited_s = time.monotonic() - self._failed_at
         if waited_s < self._reconnect_after_s:
             raise SchedulerUnavailable(
@@ -97,7 +103,7 @@ class Connector:
 class DaskExecutor(Executor):
     """A distributed.Client's executor, and the Client it needs."""
 
-    def __init__(self, address, connect_timeout_s, ship=()):
+    def __init__(self, address: str, connect_timeout_s: float, ship: Sequence[str] = ()) -> None:
         import cloudpickle
         from distributed import Client
         from distributed.comm.core import CommClosedError
@@ -115,7 +121,7 @@ class DaskExecutor(Executor):
             raise SchedulerUnavailable(f"no Dask scheduler at {address}: {exc}") from exc
         self._executor = self._client.get_executor(pure=False)
 
-    def submit(self, fn, /, *args, **kwargs):
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Submit fn(*args, **kwargs) to the cluster and return a Future of its result, which
         raises TaskLost or WorkersFailed when the cluster failed; SchedulerUnavailable when
         disconnected."""
@@ -126,12 +132,12 @@ class DaskExecutor(Executor):
             task = self._executor.submit(_ByValue(fn), *args, **kwargs)
         except RuntimeError as exc:  # the Client closed between the check and the submit
             raise SchedulerUnavailable(f"the Dask scheduler at {self.address}: {exc}") from exc
-        future = Future()
+        future: Future[T] = Future()
         future.set_running_or_notify_cancel()  # queued on the cluster: no longer cancellable here
         task.add_done_callback(functools.partial(self._settle, future))
         return future
 
-    def _settle(self, future, task):
+    def _settle(self, future: Future[Any], task: Any) -> None:
         exc = CancelledError() if task.cancelled() else task.exception()
         if exc is None:
             future.set_result(task.result())
@@ -143,7 +149,7 @@ class DaskExecutor(Executor):
             future.set_exception(WorkersFailed(f"Dask workers cannot run the prime check: "
                                                f"{type(exc).__name__}: {exc}"))
 
-    def shutdown(self, wait=True, *, cancel_futures=False):
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop submitting, and close the Client (its tasks are then forgotten)."""
         try:
             self._executor.shutdown(wait=wait and not cancel_futures)
@@ -156,22 +162,22 @@ class _ByValue:
     """A function that any pickler sends by value: as a call of _call_pickled (itself sent by
     value) with cloudpickle's bytes of the function."""
 
-    def __init__(self, fn):
+    def __init__(self, fn: Callable[..., Any]) -> None:
         self._fn = fn
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # Never called on a worker (it receives _call_pickled), but Client.submit refuses
         # anything not callable.
         return self._fn(*args, **kwargs)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[[bytes], Any], tuple[bytes]]:
         import cloudpickle
 
         return cloudpickle.loads, (cloudpickle.dumps(functools.partial(_call_pickled,
                                                                        _pickled(self._fn))),)
 
 
-def _call_pickled(payload, *args):
+def _call_pickled(payload: bytes, *args: Any) -> Any:
     # Runs on a Dask worker. The function is unpickled here, in the task, not when the worker
     # receives the task: a worker that cannot import what it needs (gmpy2) then fails the task
     # with the ImportError, where unpickling it on receipt would kill the worker.
@@ -181,7 +187,7 @@ def _call_pickled(payload, *args):
 
 
 @functools.lru_cache(maxsize=16)
-def _pickled(fn):
+def _pickled(fn: Callable[..., Any]) -> bytes:
     import cloudpickle
 
     return cloudpickle.dumps(fn)

@@ -21,11 +21,19 @@ import contextvars
 import inspect
 import threading
 import time
-from concurrent.futures import wait
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass
+from typing import Any
 
 import telemetry
+from runtime.clock import Monotonic
+from runtime.loop_thread import LoopThread
 from runtime.overload import Saturated
+
+# A source's read: call(deadline), a plain function or a coroutine function.
+Call = Callable[[Monotonic], Any]
+Calls = Mapping[str, Call]
 
 
 @dataclass
@@ -42,7 +50,7 @@ class Outcome:
 class Gate:
     """Counts a pool's tasks, refuses those beyond its capacity, and publishes the counts."""
 
-    def __init__(self, pool, size, queue_limit):
+    def __init__(self, pool: str, size: int, queue_limit: int) -> None:
         self.pool = pool
         self.size = size
         self.capacity = size + queue_limit
@@ -50,7 +58,7 @@ class Gate:
         self._lock = threading.Lock()
         self._publish()  # zeros until the first task: a pool that idles is still on /metrics
 
-    def enter(self, n):
+    def enter(self, n: int) -> None:
         with self._lock:
             if self._held + n > self.capacity:
                 telemetry.REJECTED.labels(f"{self.pool}_pool_full").inc()
@@ -58,20 +66,21 @@ class Gate:
             self._held += n
             self._publish()
 
-    def leave(self, _future=None):
+    def leave(self, _future: Future[Any] | None = None) -> None:
         with self._lock:
             self._held -= 1
             self._publish()
 
-    def _publish(self):
+    def _publish(self) -> None:
         # An executor starts a task as soon as one of its `size` workers is free, so the
         # tasks beyond `size` are exactly the ones waiting in its queue.
         telemetry.POOL_BUSY.labels(self.pool).set(min(self._held, self.size))
         telemetry.POOL_QUEUED.labels(self.pool).set(max(0, self._held - self.size))
 
 
-def gather(calls, deadline, *, thread_pool, gate, event_loop, run_here=None,
-           sequential=False):
+def gather(calls: Calls, deadline: Monotonic, *, thread_pool: Callable[[], Executor],
+           gate: Callable[[], Gate], event_loop: Callable[[], LoopThread],
+           run_here: str | None = None, sequential: bool = False) -> dict[str, Outcome]:
     """Run each call(deadline) of a {name: call} dict and return {name: Outcome}, in order;
     `thread_pool`, `gate` and `event_loop` return the process's own (made on first use).
 
@@ -88,15 +97,15 @@ def gather(calls, deadline, *, thread_pool, gate, event_loop, run_here=None,
     others = [name for name in calls if name != run_here]
     awaited = {name: calls[name] for name in others if inspect.iscoroutinefunction(calls[name])}
     pooled = [name for name in others if name not in awaited]
-    futures = {}
+    futures: dict[str, Future[Outcome]] = {}
     if pooled:
         # Each task runs in a copy of this context, so its log lines carry the request id
         # (so does a coroutine: run_coroutine_threadsafe copies it).
         tasks = [(contextvars.copy_context().run, timed, name, calls[name], deadline)
                  for name in pooled]
         futures = dict(zip(pooled, submit_all(thread_pool(), gate(), tasks)))
-    waits = list(futures.values())
-    arrived = {}  # the loop's outcomes, each as it ends
+    waits: list[Future[Any]] = list(futures.values())
+    arrived: dict[str, Outcome] = {}  # the loop's outcomes, each as it ends
     if awaited:
         waits.append(event_loop().submit(_gather_async(awaited, deadline, arrived)))
     outcomes = {}
@@ -106,7 +115,15 @@ def gather(calls, deadline, *, thread_pool, gate, event_loop, run_here=None,
     if awaited:
         waits[-1].cancel()  # a no-op once all have ended
         arrived = dict(arrived)  # what ended by now; a later one is a timeout
-    for name in others:
+    outcomes.update(_joined(others, futures, arrived, start))
+    return {name: outcomes[name] for name in calls}
+
+
+def _joined(names: list[str], futures: Mapping[str, Future[Outcome]],
+            arrived: Mapping[str, Outcome], start: float) -> dict[str, Outcome]:
+    # At the deadline: each call's Outcome, or a timeout (and its future cancelled).
+    outcomes = {}
+    for name in names:
         future = futures.get(name)
         if name in arrived:
             outcomes[name] = arrived[name]
@@ -116,11 +133,11 @@ def gather(calls, deadline, *, thread_pool, gate, event_loop, run_here=None,
             if future is not None:
                 future.cancel()
             outcomes[name] = ended(name, start, result="timeout",
-                                    error=TimeoutError("no answer within the deadline"))
-    return {name: outcomes[name] for name in calls}
+                                   error=TimeoutError("no answer within the deadline"))
+    return outcomes
 
 
-def submit_all(pool, gate, tasks):
+def submit_all(pool: Executor, gate: Gate, tasks: Sequence[tuple[Any, ...]]) -> list[Future[Any]]:
     """Admit len(tasks) through `gate` (or raise Saturated), submit each (fn, *args) task,
     and return their futures; each frees its place in the gate when it is done."""
     gate.enter(len(tasks))
@@ -135,22 +152,23 @@ def submit_all(pool, gate, tasks):
     return futures
 
 
-def timed(name, call, deadline):
+def timed(name: str, call: Call, deadline: Monotonic) -> Outcome:
     """The Outcome of call(deadline), named `name`; a failure is reported, not raised."""
     start = time.monotonic()
     try:
         value = call(deadline)
-    except Exception as exc:  # a source's failure is reported, not raised, so the others survive
+    except Exception as exc:  # noqa: BLE001 - reported, not raised, so the others survive
         return ended(name, start, error=exc)
     return ended(name, start, value=value)
 
 
-async def _gather_async(calls, deadline, arrived):
-    async def timed(name, call):
+async def _gather_async(calls: Calls, deadline: Monotonic,
+                        arrived: dict[str, Outcome]) -> None:
+    async def timed(name: str, call: Call) -> None:
         start = time.monotonic()
         try:
             value = await call(deadline)
-        except Exception as exc:  # as in timed
+        except Exception as exc:  # noqa: BLE001 - as in timed
             arrived[name] = ended(name, start, error=exc)
         else:
             arrived[name] = ended(name, start, value=value)
@@ -158,7 +176,8 @@ async def _gather_async(calls, deadline, arrived):
     await asyncio.gather(*(timed(name, call) for name, call in calls.items()))
 
 
-def ended(name, start, value=None, error=None, result=None):
+def ended(name: str, start: float, value: Any = None, error: BaseException | None = None,
+          result: str | None = None) -> Outcome:
     """The Outcome of a call that started at `start` and ends now, recorded."""
     outcome = Outcome(value=value, error=error, started=start,
                       elapsed_ms=(time.monotonic() - start) * 1000)
@@ -166,7 +185,7 @@ def ended(name, start, value=None, error=None, result=None):
     return outcome
 
 
-def record(name, result, outcome):
+def record(name: str, result: str, outcome: Outcome) -> None:
     """Count an Outcome in /metrics, and log it if it failed."""
     telemetry.SOURCE_SECONDS.labels(name, result).observe(outcome.elapsed_ms / 1000)
     if outcome.error is not None:

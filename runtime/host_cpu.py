@@ -15,16 +15,17 @@ shared between processes on the request path; the master frees a dead worker's s
 """
 import multiprocessing
 import os
+from typing import Any
 
 SLOTS = 256  # workers alive at once on one host, at most (gunicorn forks anew as they die)
 
-_pids = None  # shared: the pid owning each slot, 0 if free
-_seconds = None  # shared: the CPU seconds each slot's worker holds
-_claim_lock = None  # shared: claiming a slot (once a worker)
-_slot_of_pid = {}  # this process's own slot, by pid (a forked child claims one of its own)
+_pids: Any = None  # shared: the pid owning each slot, 0 if free
+_seconds: Any = None  # shared: the CPU seconds each slot's worker holds
+_claim_lock: Any = None  # shared: claiming a slot (once a worker)
+_slot_of_pid: dict[int, int] = {}  # this process's own slot, by pid (a forked child claims one of its own)
 
 
-def init():
+def init() -> None:
     """Create the shared ledger (gunicorn's master, before it forks its workers)."""
     global _pids, _seconds, _claim_lock
     _pids = multiprocessing.RawArray("i", SLOTS)
@@ -32,7 +33,7 @@ def init():
     _claim_lock = multiprocessing.Lock()
 
 
-def slot():
+def slot() -> int | None:
     """This process's slot, claimed on first use; None without a ledger."""
     if _pids is None:
         return None
@@ -49,20 +50,20 @@ def slot():
     return None  # more workers than slots: this one counts only its own work
 
 
-def publish(index, seconds):
+def publish(index: int | None, seconds: float) -> None:
     """Say that this worker holds `seconds` of CPU work now."""
     if index is not None:
         _seconds[index] = seconds
 
 
-def others(index):
+def others(index: int | None) -> float:
     """CPU seconds the other workers of this host hold now."""
     if index is None:
         return 0.0
     return sum(_seconds) - _seconds[index]
 
 
-def release(pid):
+def release(pid: int) -> None:
     """Free a dead worker's slot (gunicorn's master, child_exit)."""
     if _pids is None:
         return

@@ -12,8 +12,9 @@ tests/test_internals.py fails naming them when an upgrade of gunicorn or Python 
 """
 import inspect
 import socket
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.thread import _WorkItem
+from typing import Any
 
 from gunicorn.config import Config as GunicornConfig
 from gunicorn.workers.gthread import TConn, ThreadWorker
@@ -30,7 +31,7 @@ REQUIRED = {
 }
 
 
-def set_work_queue(executor, work_queue):
+def set_work_queue(executor: ThreadPoolExecutor, work_queue: Any) -> None:
     """Give a ThreadPoolExecutor whose threads have not started `work_queue` (put, get,
     get_nowait) in place of its SimpleQueue: the stdlib offers no hook for the queue."""
     executor._work_queue = work_queue
@@ -44,24 +45,24 @@ WORK_ITEM_SHAPES = {("future", "fn", "args", "kwargs"): lambda item: item.args,
                     ("future", "task"): lambda item: item.task[1]}
 
 
-def _work_item_shape():
+def _work_item_shape() -> tuple[str, ...]:
     return tuple(inspect.signature(_WorkItem.__init__).parameters)[1:]
 
 
-_args_of = WORK_ITEM_SHAPES.get(_work_item_shape())
+_args_of = WORK_ITEM_SHAPES.get(_work_item_shape(), lambda item: ())
 
 
-def task_of(item):
+def task_of(item: Any) -> tuple[Future[Any], tuple[Any, ...]]:
     """(future, args) of a queued work item of a ThreadPoolExecutor."""
     return item.future, _args_of(item)
 
 
-def accepting(worker):
+def accepting(worker: ThreadWorker) -> bool:
     """Whether a gthread worker is accepting new connections now."""
     return worker._accepting
 
 
-def missing():
+def missing() -> list[str]:
     """The REQUIRED attributes that the installed gunicorn and Python do not have, as
     "Owner.attribute"; empty when all are there."""
     shape = _work_item_shape()
@@ -72,7 +73,7 @@ def missing():
     try:
         owners = {
             "ThreadPoolExecutor": executor,
-            "_WorkItem": _WorkItem(None, *([print, (), {}] if "fn" in shape else
+            "_WorkItem": _WorkItem(None, *([print, (), {}] if "fn" in shape else  # type: ignore[arg-type]
                                           [(print, (), {})])),
             "ThreadWorker": ThreadWorker(0, 0, [], None, 30, GunicornConfig(), None),
             "TConn": TConn(GunicornConfig(), left, ("127.0.0.1", 0), None),

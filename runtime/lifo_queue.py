@@ -45,7 +45,9 @@ CONGESTION_S = 0.5
 class Limit(Protocol):
     """An in-flight limit (runtime/limit.AdaptiveLimit)."""
 
-    current: int
+    @property
+    def current(self) -> int:
+        """Requests that may run at once now."""
 
     def sample(self, latency_s: float, in_flight: int, now: float) -> None:
         """Learn from a request that ran `latency_s` with `in_flight` others."""

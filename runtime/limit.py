@@ -40,7 +40,8 @@ class AdaptiveLimit:
     """An in-flight limit between `minimum` and `maximum`, updated from request latencies so
     that their mean stays within `target_s`."""
 
-    def __init__(self, minimum, maximum, target_s, initial=None):
+    def __init__(self, minimum: int, maximum: int, target_s: float,
+                 initial: int | None = None) -> None:
         self.minimum = minimum
         self.maximum = maximum
         self.target_s = target_s
@@ -52,11 +53,11 @@ class AdaptiveLimit:
         self._reached = False
 
     @property
-    def current(self):
+    def current(self) -> int:
         """Requests that may run at once now."""
         return int(self._limit)
 
-    def sample(self, latency_s, in_flight, now):
+    def sample(self, latency_s: float, in_flight: int, now: float) -> None:
         """Count one request that took `latency_s` from its arrival, as `in_flight` ran."""
         with self._lock:
             self._sum += latency_s

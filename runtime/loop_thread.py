@@ -9,26 +9,30 @@ hands anything that does to the loop's default executor, the caller's thread poo
 """
 import asyncio
 import threading
+from collections.abc import Coroutine
+from concurrent.futures import Executor, Future
+from typing import Any, TypeVar
 
+T = TypeVar("T")
 STOP_TIMEOUT_S = 5.0  # how long stop() waits for cancelled coroutines, then for the thread
 
 
 class LoopThread:
     """Runs one event loop in a daemon thread; coroutines are submitted from other threads."""
 
-    def __init__(self, name, executor=None):
+    def __init__(self, name: str, executor: Executor | None = None) -> None:
         self._loop = asyncio.new_event_loop()
         if executor is not None:
             self._loop.set_default_executor(executor)
         self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, coroutine):
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
         """Run `coroutine` on the loop, in a copy of the caller's context (its request id);
         return a concurrent.futures.Future whose cancel() cancels it."""
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
-    def stop(self):
+    def stop(self) -> None:
         """Cancel what still runs on the loop, then stop it and its thread. Closing the loop also
         shuts its default executor down (without waiting)."""
         if self._loop.is_closed():
@@ -43,7 +47,7 @@ class LoopThread:
             self._loop.close()
 
 
-async def _cancel_others():
+async def _cancel_others() -> None:
     tasks = asyncio.all_tasks() - {asyncio.current_task()}
     for task in tasks:
         task.cancel()

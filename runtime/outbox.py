@@ -20,7 +20,9 @@ which owns it from there. The thread's own write keeps the common case, an answe
 takes whole, free of a hand-off: the poller thread may be slow to wake under load (its wait is
 p50 12 ms at 200 clients, docs/performance.md), and every answer would pay it.
 """
+import socket
 from collections import deque
+from typing import Any, BinaryIO
 
 SENDFILE_BLOCK = 64 * 1024
 
@@ -29,13 +31,13 @@ class Outbox:
     """Stands in for a connection's socket in a request thread: writes never block, and closing
     only marks the connection to be closed by its owner."""
 
-    def __init__(self, sock):
+    def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
-        self._chunks = deque()
+        self._chunks: deque[bytes | memoryview] = deque()
         self.pending = 0  # bytes written and not yet sent
         self.closed = False  # the request thread asked to close the connection
 
-    def sendall(self, data):
+    def sendall(self, data: bytes | memoryview) -> None:
         """Send what the socket takes now; keep the rest for the poller, in order."""
         if not self._chunks:
             try:
@@ -48,12 +50,12 @@ class Outbox:
         self._chunks.append(bytes(data))
         self.pending += len(data)
 
-    def send(self, data):
+    def send(self, data: bytes | memoryview) -> int:
         """sendall(data), and all of it counts as sent."""
         self.sendall(data)
         return len(data)
 
-    def sendfile(self, file, offset=0, count=None):
+    def sendfile(self, file: BinaryIO, offset: int = 0, count: int | None = None) -> None:
         """Write a file's bytes as sendall does (gunicorn's wsgi.file_wrapper)."""
         file.seek(offset)
         left = count
@@ -65,7 +67,7 @@ class Outbox:
             if left is not None:
                 left -= len(block)
 
-    def flush(self):
+    def flush(self) -> int:
         """Send kept bytes until the socket takes no more (poller thread); return how many were
         sent. Raises OSError when the client is gone."""
         sent_total = 0
@@ -83,36 +85,36 @@ class Outbox:
         self.pending -= sent_total
         return sent_total
 
-    def close(self):
+    def close(self) -> None:
         """Mark the connection to be closed once its answer is sent."""
         self.closed = True
 
-    def shutdown(self, how):
+    def shutdown(self, how: int) -> None:
         """As close(): the connection's owner shuts it down."""
         self.closed = True
 
-    def recv(self, size):
+    def recv(self, size: int) -> bytes:
         """Nothing: a request thread reads no socket (gunicorn's close_graceful drains with it)."""
         return b""
 
-    def setblocking(self, flag):
+    def setblocking(self, flag: bool) -> None:
         """Nothing: the socket stays non-blocking."""
 
-    def settimeout(self, timeout):
+    def settimeout(self, timeout: float | None) -> None:
         """Nothing: writes never wait."""
 
-    def gettimeout(self):
+    def gettimeout(self) -> None:
         """No timeout: writes never wait."""
         return None
 
-    def fileno(self):
+    def fileno(self) -> int:
         """The socket's descriptor."""
         return self._sock.fileno()
 
-    def getpeername(self):
+    def getpeername(self) -> Any:
         """The client's address."""
         return self._sock.getpeername()
 
-    def getsockname(self):
+    def getsockname(self) -> Any:
         """This end's address."""
         return self._sock.getsockname()

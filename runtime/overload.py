@@ -67,7 +67,8 @@ def work(view: Callable[..., Any]) -> Callable[..., Any]:
 def work_paths(app: Flask) -> IsWork:
     """is_work(path) for a Flask app's routes declared @work, by their paths alone: the poller
     thread and ShedBeforeApp decide before any routing."""
-    exact, prefixes = set(), []
+    exact: set[str] = set()
+    prefixes: list[str] = []
     for rule in app.url_map.iter_rules():
         if getattr(app.view_functions[rule.endpoint], "does_work", False):
             static, variable, _ = rule.rule.partition("<")
@@ -169,6 +170,7 @@ class PollerRefusals:
         for queued_at, item in self._queue.pop_expired():
             future, (*_, conn) = internals.task_of(item)  # stamps.run(..., handle, conn)
             channel = channel_of(conn)
+            assert channel.request is not None  # read whole before it was queued
             answer = plain_refusal(channel.request, time.monotonic() - queued_at,
                                    self._settings["RETRY_AFTER_S"], self._is_work)
             if not answer:

@@ -7,22 +7,25 @@ or in a PerThread, which does so in each thread of each process.
 """
 import os
 import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
+T = TypeVar("T")
 
-class PerProcess:
+class PerProcess(Generic[T]):
     """A value built by `factory()` on first use in each process."""
 
-    def __init__(self, factory):
+    def __init__(self, factory: Callable[[], T]) -> None:
         self._factory = factory
         self._lock = threading.Lock()
         # Records the pid its value was built in.
         self._slot = self._new_slot()
 
     @staticmethod
-    def _new_slot():
+    def _new_slot() -> Any:
         return _Slot()
 
-    def get(self):
+    def get(self) -> T:
         """Return this process's (or thread's) value, building it if there is none yet."""
         slot = self._slot
         if getattr(slot, "pid", None) != os.getpid():
@@ -31,12 +34,12 @@ class PerProcess:
                     slot.value, slot.pid = self._factory(), os.getpid()
         return slot.value
 
-    def peek(self):
+    def peek(self) -> T | None:
         """Return the value built in this process (or thread), or None if there is none."""
         slot = self._slot
         return slot.value if getattr(slot, "pid", None) == os.getpid() else None
 
-    def discard(self, value):
+    def discard(self, value: T) -> bool:
         """Forget `value` if it is still the current one, so the next get() builds anew; return
         whether it was (when several threads find the same value broken, one replaces it)."""
         with self._lock:
@@ -46,11 +49,11 @@ class PerProcess:
             return True
 
 
-class PerThread(PerProcess):
+class PerThread(PerProcess[T]):
     """A value built by `factory()` on first use in each thread of each process."""
 
     @staticmethod
-    def _new_slot():
+    def _new_slot() -> Any:
         return threading.local()  # a slot for each thread
 
 

@@ -8,20 +8,21 @@ below: the master picks a CPU for each new worker (pre_fork), and the worker pin
 its pools are started (post_worker_init), so pool processes keep every CPU.
 """
 import os
+from collections.abc import Iterable
 
 
-def supported():
+def supported() -> bool:
     """True where a process can be pinned (Linux)."""
     return hasattr(os, "sched_setaffinity")
 
 
-def least_used_cpu(workers, cpus):
+def least_used_cpu(workers: Iterable[object], cpus: Iterable[int]) -> int:
     """Of `cpus`, the one the fewest of these workers (with a `cpu` attribute) are pinned to."""
     used = [getattr(worker, "cpu", None) for worker in workers]
     return min(sorted(cpus), key=used.count)
 
 
-def pin_process(cpu):
+def pin_process(cpu: int) -> None:
     """Pin every thread of this process, and so every thread it starts later, to `cpu`."""
     # sched_setaffinity(0) pins only the calling thread; a new thread inherits its creator's.
     for thread_id in os.listdir("/proc/self/task"):

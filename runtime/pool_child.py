@@ -8,11 +8,12 @@ import select
 import signal
 import threading
 import time
+from collections.abc import Iterable
 
 OWNER_POLL_S = 1.0
 
 
-def init(owner_pid, cpus):
+def init(owner_pid: int, cpus: Iterable[int] | None) -> None:
     """Set up a pool process: ignore Ctrl-C, use every CPU, and exit when its owner does."""
     # Ctrl-C reaches the whole process group; the gunicorn worker that owns this child shuts
     # the pool down, so the child need not die mid-task with a KeyboardInterrupt traceback.
@@ -23,7 +24,7 @@ def init(owner_pid, cpus):
     threading.Thread(target=_exit_with_owner, args=(owner_pid,), daemon=True).start()
 
 
-def _exit_with_owner(owner_pid):
+def _exit_with_owner(owner_pid: int) -> None:
     # If the owning worker is SIGKILLed, nothing tells its pool children: each holds the write
     # end of its own call queue, and (forkserver passes it to every child) of the forkserver's
     # liveness pipe, so children, forkserver and resource tracker would all wait forever.
@@ -41,7 +42,7 @@ def _exit_with_owner(owner_pid):
     os._exit(0)
 
 
-def alive(pid):
+def alive(pid: int) -> bool:
     """Whether process `pid` exists (another user's included)."""
     try:
         os.kill(pid, 0)

@@ -4,16 +4,36 @@ A source has `read(deadline)`, which blocks (a request thread or a pool thread r
 have `read_async(deadline)`, a coroutine for the worker's event loop (runtime/loop_thread.py),
 which must not block it.
 """
+from __future__ import annotations
+
 import asyncio
 import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from runtime.clock import Monotonic
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 
-def init_app(app, sources):
+class Source(Protocol):
+    """A source GET / reads (files.py, db.py, api.py); it may have read_async too."""
+
+    name: str
+
+    def read(self, deadline: Monotonic) -> Any:
+        """What GET / shows of it, read by `deadline`."""
+
+    def check(self, deadline: Monotonic) -> None:
+        """Raise if it cannot be read (GET /readyz)."""
+
+def init_app(app: Flask, sources: Iterable[Source]) -> None:
     """Give `app` its sources, by name, for get_sources."""
     app.extensions["sources"] = {source.name: source for source in sources}
 
 
-def get_sources(app=None):
+def get_sources(app: Flask | None = None) -> dict[str, Source]:
     """{name: source} of `app`, by default of the app handling this request."""
     # Imported here: the pool processes import services.primes, and so this package, and must
     # not load Flask (tests/test_pools.py).
@@ -22,7 +42,7 @@ def get_sources(app=None):
     return (app or current_app).extensions["sources"]
 
 
-def simulate_latency(delay_s, deadline):
+def simulate_latency(delay_s: float, deadline: Monotonic) -> None:
     """Sleep the configured extra latency of a source, but never past the request's deadline."""
     if delay_s <= 0:
         return
@@ -30,7 +50,7 @@ def simulate_latency(delay_s, deadline):
     _check_latency(delay_s, deadline)
 
 
-async def simulate_latency_async(delay_s, deadline):
+async def simulate_latency_async(delay_s: float, deadline: Monotonic) -> None:
     """simulate_latency, as a timer of the event loop instead of a sleeping thread."""
     if delay_s <= 0:
         return
@@ -38,16 +58,16 @@ async def simulate_latency_async(delay_s, deadline):
     _check_latency(delay_s, deadline)
 
 
-def _latency_left(delay_s, deadline):
+def _latency_left(delay_s: float, deadline: Monotonic) -> float:
     return max(0.0, min(delay_s, deadline - time.monotonic()))
 
 
-def _check_latency(delay_s, deadline):
+def _check_latency(delay_s: float, deadline: Monotonic) -> None:
     if time.monotonic() >= deadline:
         raise TimeoutError("the simulated latency outlasted the request deadline")
 
 
-def public_failure(error):
+def public_failure(error: BaseException) -> str:
     """What a client is told of a failed read: its kind, never an address, SQL or exception text
     (pools.py logs those, with the request id)."""
     if isinstance(error, TimeoutError):
@@ -57,7 +77,7 @@ def public_failure(error):
     return "failed: the source answered with an error"
 
 
-def remaining(deadline):
+def remaining(deadline: Monotonic) -> float:
     """Seconds left until `deadline`; raise TimeoutError when none are."""
     left = deadline - time.monotonic()
     if left <= 0:

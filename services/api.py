@@ -1,15 +1,21 @@
 """The API source: an HTTP GET to a remote JSON API, each thread over a keep-alive connection."""
+from __future__ import annotations
+
 import http.client
 import json
 import math
 import socket
 import time
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import telemetry
+from runtime.clock import Monotonic
 from runtime.per_process import PerThread
 from services import remaining
 
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 # What a kept-alive connection that the server closed meanwhile raises on its next use.
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
@@ -22,7 +28,7 @@ class _DeadlineSocket(socket.socket):
 
     deadline = math.inf
 
-    def recv_into(self, buffer, nbytes=0, flags=0):
+    def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
         """recv_into, with a timeout of what is left until the deadline."""
         left = self.deadline - time.monotonic()
         if left <= 0:
@@ -36,7 +42,7 @@ class _DeadlineConnection(http.client.HTTPConnection):
 
     deadline = math.inf  # the current read's
 
-    def connect(self):
+    def connect(self) -> None:
         """Connect as HTTPConnection does, then make the socket keep the read's deadline."""
         super().connect()
         plain = self.sock
@@ -50,18 +56,18 @@ class ApiSource:
 
     name = "api"
 
-    def __init__(self, url):
+    def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         self.url = url
         self._https = parts.scheme == "https"
-        self._address = (parts.hostname, parts.port or (443 if self._https else 80))
+        self._address = (parts.hostname or "", parts.port or (443 if self._https else 80))
         self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         # http.client, one connection per thread, rather than a shared pool (urllib3, requests):
         # a pool's locks and bookkeeping cost a GET 260 us of CPU here against 90 us, and every
         # thread that reads the API needs a connection at once anyway (docs/performance.md).
         self._connection = PerThread(self._connect)
 
-    def read(self, deadline):
+    def read(self, deadline: Monotonic) -> Any:
         """Return the API's JSON body; the timeout is what is left of the request's budget."""
         timeout = remaining(deadline)
         conn = self._connection.get()
@@ -85,12 +91,13 @@ class ApiSource:
             raise ConnectionError(f"{self.url} answered {response.status} {response.reason}")
         return json.loads(body)
 
-    def _connect(self):
+    def _connect(self) -> _DeadlineConnection | http.client.HTTPSConnection:
         # HTTPS keeps a per-recv timeout: an SSLSocket reads in C, past recv_into.
         factory = http.client.HTTPSConnection if self._https else _DeadlineConnection
         return factory(*self._address)
 
-    def _get(self, conn, deadline, timeout):
+    def _get(self, conn: Any, deadline: Monotonic,
+             timeout: float) -> tuple[http.client.HTTPResponse, bytes]:
         conn.timeout, conn.deadline = timeout, deadline
         if conn.sock is not None:
             conn.sock.settimeout(timeout)
@@ -103,6 +110,6 @@ class ApiSource:
         response = conn.getresponse()
         return response, response.read()
 
-    def check(self, deadline):
+    def check(self, deadline: Monotonic) -> None:
         """The API's host accepts a TCP connection (a GET would wait out its latency)."""
         socket.create_connection(self._address, timeout=remaining(deadline)).close()

@@ -2,11 +2,13 @@
 import asyncio
 import math
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy.exc
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, func, insert, select
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
 
+from runtime.clock import Monotonic
 from runtime.per_process import PerProcess
 from services import remaining, simulate_latency, simulate_latency_async
 
@@ -27,29 +29,29 @@ SEED_ROWS = [
 ]
 
 
-def make_engine(url, pool_size=5, timeout_s=DEFAULT_TIMEOUT_S):
+def make_engine(url: str, pool_size: int = 5, timeout_s: float = DEFAULT_TIMEOUT_S) -> Engine:
     """Create an engine for `pool_size` threads at once, whose waits all end within `timeout_s`.
 
     Connections open as threads first need them and then stay open: no overflow connections,
     which would be opened and closed again for every read beyond `pool_size` at once.
     """
-    url = make_url(url)
-    backend = url.get_backend_name()
-    connect_args = {}
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    connect_args: dict[str, Any] = {}
     # A ping before each checkout finds server connections that died; a file has none to find.
     pre_ping = backend != "sqlite"
     if backend == "sqlite":
         connect_args["timeout"] = timeout_s  # how long to wait for a lock held by a writer
-        if url.database:
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    elif backend == "postgresql" and url.get_driver_name() == "psycopg2":
+        if parsed.database:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    elif backend == "postgresql" and parsed.get_driver_name() == "psycopg2":
         connect_args["connect_timeout"] = max(1, math.ceil(timeout_s))
         connect_args["options"] = f"-c statement_timeout={int(timeout_s * 1000)}"
-    return create_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=timeout_s,
+    return create_engine(parsed, pool_size=pool_size, max_overflow=0, pool_timeout=timeout_s,
                          pool_pre_ping=pre_ping, connect_args=connect_args)
 
 
-def init_db(url):
+def init_db(url: str) -> None:
     """Create the quotes table and seed it if it is empty; safe to call on every start."""
     engine = make_engine(url, pool_size=1)
     try:
@@ -66,7 +68,8 @@ class DbSource:
 
     name = "db"
 
-    def __init__(self, url, delay_s=0.0, pool_size=5, timeout_s=DEFAULT_TIMEOUT_S):
+    def __init__(self, url: str, delay_s: float = 0.0, pool_size: int = 5,
+                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.url = url
         self.delay_s = delay_s
         self.timeout_s = timeout_s
@@ -79,16 +82,16 @@ class DbSource:
         if parts.get_backend_name() == "sqlite" and parts.database not in (None, "", ":memory:"):
             self._engine_nowait = PerProcess(lambda: make_engine(url, 1, 0.0))
 
-    def engine(self):
+    def engine(self) -> Engine:
         """Return this process's engine; a forked child builds its own, never sharing sockets."""
         return self._engine.get()
 
-    def read(self, deadline):
+    def read(self, deadline: Monotonic) -> dict[str, Any]:
         """Return the first quote as a dict."""
         simulate_latency(self.delay_s, deadline)
         return self._query(self.engine())
 
-    async def read_async(self, deadline):
+    async def read_async(self, deadline: Monotonic) -> dict[str, Any]:
         """read() on the event loop. The query runs on the loop when it cannot wait (SQLite, its
         lock free); otherwise on the loop's executor, the thread pool, so that no wait for a
         server or a lock holds up the other requests' reads."""
@@ -100,7 +103,7 @@ class DbSource:
                 pass
         return await asyncio.get_running_loop().run_in_executor(None, self._query, self.engine())
 
-    def _query(self, engine):
+    def _query(self, engine: Engine) -> dict[str, Any]:
         try:
             with engine.connect() as conn:
                 return dict(conn.execute(FIRST_QUOTE).mappings().one())
@@ -113,7 +116,7 @@ class DbSource:
                 raise TimeoutError("the database stayed locked by a writer") from exc
             raise ConnectionError("the database connection or query failed") from exc
 
-    def check(self, deadline):
+    def check(self, deadline: Monotonic) -> None:
         """The quotes table answers a read (a database that opens but has no table is not
         ready: run `flask --app app init-db`)."""
         remaining(deadline)

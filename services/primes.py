@@ -4,8 +4,11 @@ import heapq
 import math
 import re
 import time
+from collections.abc import Callable, Iterable, Sequence
 
 import gmpy2
+
+from runtime.clock import WallClock
 
 # Miller-Rabin with the first 13 prime bases is exact below this bound (Sorenson and Webster,
 # "Strong pseudoprimes to twelve prime bases", Math. Comp. 2017: psi_13 = 3317044064679887385961981).
@@ -18,12 +21,12 @@ _INTEGER = re.compile(r"[+-]?[0-9]+")
 class InputError(ValueError):
     """A request the service refuses; `status` is the HTTP status to answer with."""
 
-    def __init__(self, message, status=400):
+    def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
 
 
-def is_prime(n):
+def is_prime(n: int) -> bool:
     """Return True if n is prime: exact below 3.3e24, strong BPSW above."""
     n = gmpy2.mpz(n)
     if n < 2:
@@ -38,10 +41,10 @@ def is_prime(n):
     return gmpy2.is_strong_bpsw_prp(n)
 
 
-def check_batch(numbers, stop_at=None):
+def check_batch(numbers: Sequence[int], stop_at: WallClock | None = None) -> list[bool]:
     """Return [is_prime(n) for n in numbers], the unit of work of a pool process; raise
     TimeoutError, between two numbers, once time.time() is past `stop_at`."""
-    results = []
+    results: list[bool] = []
     for n in numbers:
         # Wall-clock time, not monotonic: a Dask worker on another host has its own monotonic
         # clock. The longest a check can run late is one number's test.
@@ -52,7 +55,7 @@ def check_batch(numbers, stop_at=None):
     return results
 
 
-def check_chunk(chunk):
+def check_chunk(chunk: tuple[Sequence[int], WallClock | None]) -> list[bool]:
     """check_batch(*chunk) for a (numbers, stop_at) pair: a plain function of this module, which
     Dask ships by value (a functools.partial would be pickled by reference)."""
     return check_batch(*chunk)
@@ -64,7 +67,7 @@ _scale = 1.0
 # A composite without small factors fails the first strong-probable-prime round: 8 % of a
 # prime's time at 50 digits, 11 % at 100, 16 % at 300, 23 % at 1000 here, about
 # 0.1 x (digits / 100) ** 0.3. A batch's least cost counts every number as a composite.
-def _composite_share(digits):
+def _composite_share(digits: int) -> float:
     return 0.1 * (digits / 100) ** 0.3
 
 
@@ -72,25 +75,25 @@ _CALIBRATION_DIGITS = 300
 _SCALE_BOUNDS = (0.25, 4.0)
 
 
-def cost_us(n):
+def cost_us(n: int) -> float:
     """Estimate the CPU time of is_prime(n) in microseconds (a prime's; composites are cheaper)."""
     return _cost_of_digits_us(gmpy2.num_digits(n, 10))
 
 
-def least_cost_s(numbers):
+def least_cost_s(numbers: Iterable[int]) -> float:
     """The CPU seconds a batch takes at least, if none of its numbers is prime."""
     return _least_s(gmpy2.num_digits(n, 10) for n in numbers)
 
 
-def _cost_of_digits_us(digits):
+def _cost_of_digits_us(digits: int) -> float:
     return (20 + digits**2.2 / 40) * _scale
 
 
-def _least_s(digit_counts):
+def _least_s(digit_counts: Iterable[int]) -> float:
     return sum(_cost_of_digits_us(d) * _composite_share(d) for d in digit_counts) / 1e6
 
 
-def calibrate(rounds=3):
+def calibrate(rounds: int = 3) -> float:
     """Rescale cost_us to this machine: time a 300-digit prime's test (a few ms) and return
     the new scale (bounded, so one preempted round cannot make it absurd)."""
     global _scale
@@ -102,17 +105,18 @@ def calibrate(rounds=3):
 
 
 @functools.cache
-def _calibration_prime():
+def _calibration_prime() -> int:
     return gmpy2.next_prime(gmpy2.mpz(10) ** (_CALIBRATION_DIGITS - 1))  # ~13 ms: found once
 
 
-def _time_us(fn, arg):
+def _time_us(fn: Callable[[int], object], arg: int) -> float:
     start = time.perf_counter()
     fn(arg)
     return (time.perf_counter() - start) * 1e6
 
 
-def parse_items(items, max_items, max_digits, max_cpu_s=math.inf):
+def parse_items(items: Sequence[object], max_items: int, max_digits: int,
+                max_cpu_s: float = math.inf) -> dict[str, int]:
     """Turn request items into distinct integers keyed by canonical decimal, in request order.
 
     InputError (413) when their least cost is over `max_cpu_s` seconds of CPU, checked before
@@ -137,7 +141,7 @@ def parse_items(items, max_items, max_digits, max_cpu_s=math.inf):
         raise InputError(f"the batch needs at least {least_s:.1f} s of CPU, more than the "
                          f"{max_cpu_s:.1f} s its cores can give it by the deadline; send fewer "
                          "or smaller numbers", 413)
-    numbers = {}
+    numbers: dict[str, int] = {}
     for item in digit_counts:
         # gmpy2 parses without CPython's 4300-digit int limit and canonicalises 007 and -0.
         number = gmpy2.mpz(item)
@@ -145,7 +149,7 @@ def parse_items(items, max_items, max_digits, max_cpu_s=math.inf):
     return numbers
 
 
-def _preview(item, width=20):
+def _preview(item: object, width: int = 20) -> str:
     """Show a bad item in an error message without echoing a huge value back (nor taking the
     repr of a deeply nested list, which may exhaust the stack)."""
     if isinstance(item, (list, dict)):
@@ -154,10 +158,10 @@ def _preview(item, width=20):
     return text if len(text) <= width else text[:width] + "..."
 
 
-def split_by_cost(numbers, parts):
+def split_by_cost(numbers: Sequence[int], parts: int) -> list[list[int]]:
     """Split positions 0..len(numbers)-1 into up to `parts` groups of about equal estimated cost."""
     costs = [cost_us(n) for n in numbers]
-    groups = [[] for _ in range(max(1, min(parts, len(numbers))))]
+    groups: list[list[int]] = [[] for _ in range(max(1, min(parts, len(numbers))))]
     loads = [(0.0, index) for index in range(len(groups))]  # a heap: the lightest on top
     # Longest first onto the least-loaded group: within 4/3 of the best split (Graham's LPT rule).
     for position in sorted(range(len(numbers)), key=costs.__getitem__, reverse=True):

@@ -112,7 +112,7 @@ def postgres_available():
         with engine.connect() as conn:
             conn.execute(text("select 1"))
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure means no PostgreSQL here
         return False
     finally:
         engine.dispose()

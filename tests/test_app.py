@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from pools import get_pools
 from runtime import stamps
 from services import get_sources, primes
-
 from tests.helpers import big_primes, far, primes_lasting
 
 

@@ -5,8 +5,8 @@ import sys
 import pytest
 
 import config
-from services import get_sources
 from dev.harness import ROOT
+from services import get_sources
 
 
 @pytest.mark.parametrize("read, value, expected", [

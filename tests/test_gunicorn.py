@@ -1,7 +1,7 @@
 """Integration: real gunicorn (gunicorn.conf.py) and the real upstream, with the seed's latency."""
 import gc
-import json
 import importlib.util
+import json
 import os
 import signal
 import sys

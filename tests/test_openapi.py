@@ -4,14 +4,14 @@ import re
 
 import pytest
 import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from openapi_spec_validator import validate
 from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import positive_data_acceptance
-from hypothesis import HealthCheck, Phase, given, settings
-from openapi_spec_validator import validate
 
-import openapi
 import config
+import openapi
 
 # Bounded fuzzing: at most this many generated requests per operation and generation mode
 # (schema-valid and schema-invalid), to 127.0.0.1 only.

@@ -152,7 +152,8 @@ def test_gather_cancels_calls_not_started_by_the_deadline():
 
 def test_map_cpu_keeps_chunk_order(pool_pair):
     chunks = [[4, 7], [11], [12, 13, 1]]
-    assert pool_pair.map_cpu(primes.check_batch, chunks, far()) == [[False, True], [True], [False, True, False]]
+    answers = pool_pair.map_cpu(primes.check_batch, chunks, far())
+    assert answers == [[False, True], [True], [False, True, False]]
 
 
 def test_map_cpu_runs_in_other_processes(pool_pair):
