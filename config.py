@@ -91,8 +91,8 @@ class Config:
     # Freeze what a worker holds once started, so full collections skip it (gunicorn.conf.py).
     GC_FREEZE = env_bool("GC_FREEZE", True)
     # How long a worker's thread may hold the GIL while another waits for it (Python's default,
-    # 5 ms). Each forced hand-over costs two context switches: 20 ms served 10-13 % more 200s in
-    # time at 1000 and 2000 clients, but 8 % fewer at 500 (docs/performance.md).
+    # 5 ms). Each forced hand-over costs two context switches; a longer interval helped only
+    # past a thousand clients and hurt below, so the default stays (docs/performance.md).
     GIL_SWITCH_MS = env_float("GIL_SWITCH_MS", 5.0)
     # The rest of gunicorn's settings; gunicorn.conf.py says what each one does.
     WORKER_CLASS = env_str("WORKER_CLASS", "runtime.worker.GuardedThreadWorker")
@@ -147,8 +147,8 @@ class Config:
     # read never waits for a thread (derive()).
     THREAD_POOL_SIZE = env_int("THREAD_POOL_SIZE", 0)
     # The reads that only wait (a simulated latency, a local file, SQLite) wait on one asyncio
-    # loop per worker instead of a pool thread each: half the context switches and 15-25 % less
-    # CPU per GET / under load (runtime/loop_thread.py). Off: every read on the thread pool.
+    # loop per worker instead of a pool thread each: fewer wake-ups, less CPU per GET /
+    # (runtime/loop_thread.py). Off: every read on the thread pool.
     READ_LOOP = env_bool("READ_LOOP", True)
     PROCESS_POOL_SIZE = env_int("PROCESS_POOL_SIZE", os.cpu_count() or 1)
     # Where prime checks run: "process" (this worker's pool) or dask://HOST:PORT, a Dask

@@ -152,9 +152,9 @@ def post_worker_init(worker: Worker) -> None:
         pinning.pin_process(worker.cpu)
     sys.setswitchinterval(Config.GIL_SWITCH_MS / 1000)
     if Config.GC_FREEZE:
-        # The ~60,000 objects of the loaded app never die, yet every full collection walks them
-        # all: a 40 ms pause of every thread of the worker here, a p99 of its own. Frozen, they
-        # are skipped (gc.freeze, Python 3.7+).
+        # The objects of the loaded app never die, yet every full collection walks them all,
+        # pausing every thread of the worker: a p99 of its own (docs/performance.md). Frozen,
+        # they are skipped (gc.freeze, Python 3.7+).
         gc.freeze()
 
 

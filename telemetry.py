@@ -204,8 +204,7 @@ def configure_logging(level: str | int, log_format: str = "text") -> None:
 
 def method_label(method: str) -> str:
     """The `method` label of a request: one of METHODS, else "other", so that a client sending
-    made-up methods cannot add a series each (issue 23, item 4: 5000 of them made /metrics
-    9.9 MB)."""
+    made-up methods cannot add a series each (issue 23, item 4; docs/performance.md)."""
     return method if method in METHODS else "other"
 
 
@@ -235,7 +234,7 @@ def mark_process_dead(pid: int) -> None:
     """Drop a dead worker's live gauges, and fold its counters and histograms into one archive
     file a kind (gunicorn's child_exit hook calls this, in the master: the archive's only
     writer). prometheus_client keeps a dead process's files, so without this every recycled
-    worker left two files that each scrape reads again (61 after 25 s of recycling)."""
+    worker left two files that each scrape reads again, without end (docs/performance.md)."""
     directory = _multiproc_dir()
     if not directory:
         return

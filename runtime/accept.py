@@ -1,9 +1,9 @@
 """The accept hold-back: a worker whose threads are all taken leaves new connections to the
 others for a moment.
 
-Workers share one listening socket and the quickest to wake wins each connection, so a worker
-pinned beside the load generator got 31 of 200 kept-alive connections and the other 169, more
-than its threads: those requests queued and were shed (docs/performance.md). A worker that holds
+Workers share one listening socket and the quickest to wake wins each connection, so one worker
+took most of the kept-alive connections, more than its threads, and those requests queued and
+were shed while the other worker idled (docs/performance.md). A worker that holds
 as many requests as its in-flight limit therefore stops accepting for ACCEPT_YIELD_S, leaving new
 connections to the others, and then takes every connection still waiting. `until` is the whole
 state (0 when not holding back), and three of gthread's methods consult it:

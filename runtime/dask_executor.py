@@ -74,9 +74,10 @@ class Connector:
     connect that failed, for `reconnect_after_s` it raises SchedulerUnavailable at once.
 
     The caller builds its executor under a lock (runtime.per_process), so with the scheduler
-    down every thread would otherwise wait out its own connect timeout in turn: 60 requests took
-    up to 19 s for their 503. Meanwhile each gets its 503 at once, and the first call after the
-    wait tries again: how soon a scheduler that is back is used.
+    down every thread would otherwise wait out its own connect timeout in turn, and the last
+    request's 503 came many seconds late (docs/performance.md). Meanwhile each gets its 503 at
+    once, and the first call after the wait tries again: how soon a scheduler that is back is
+    used.
     """
 
     def __init__(self, address: str, connect_timeout_s: float, reconnect_after_s: float,

@@ -24,7 +24,7 @@ and Gradient2, Envoy's adaptive concurrency): those hold concurrency at the knee
 is just saturated, which is right when clients arrive at their own pace. When clients send their
 next request as soon as they get an answer (hey, a retrying client, a browser's reload), each
 request kept out comes straight back as a refusal that costs CPU, and a limit at the knee
-served a third fewer 200s in time than one that guards the deadline (docs/performance.md). The
+served fewer 200s in time than one that guards the deadline (docs/performance.md). The
 queue's CoDel refusals (runtime/overload.py) bound the wait.
 """
 import math

@@ -3,9 +3,9 @@
 A read on the thread pool costs two thread wake-ups besides its own work: one when it is handed
 to a pool thread, one when what it waits for arrives, and each wake-up retakes the GIL. On one
 loop the waits of every request in flight are timers and sockets of one thread, and a wake-up of
-that thread serves all that are ready (docs/performance.md: half the context switches and
-15-25 % less CPU per GET / under load). Only what never blocks the loop runs on it; a coroutine
-hands anything that does to the loop's default executor, the caller's thread pool.
+that thread serves all that are ready (docs/performance.md). Only what never blocks the loop
+runs on it; a coroutine hands anything that does to the loop's default executor, the caller's
+thread pool.
 """
 import asyncio
 import threading

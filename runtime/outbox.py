@@ -13,12 +13,12 @@ and the worker's poller thread sends what the socket did not take.
                                                                            close
 
 gthread's request threads wrote with sendall on a blocking socket, so a client that never reads
-held a thread as long as it liked: 400 such clients pipelining GET /openapi.json held 371 of 384
-threads for a minute (issue 23, item 1). Here the thread writes once, without waiting, while it
+held a thread as long as it liked, and a few hundred such clients held nearly every thread
+(issue 23, item 1; docs/performance.md). Here the thread writes once, without waiting, while it
 owns the connection (the poller does not touch it then), and hands the remainder to the poller,
 which owns it from there. The thread's own write keeps the common case, an answer the socket
-takes whole, free of a hand-off: the poller thread may be slow to wake under load (its wait is
-p50 12 ms at 200 clients, docs/performance.md), and every answer would pay it.
+takes whole, free of a hand-off: the poller thread may be slow to wake under load
+(docs/performance.md), and every answer would pay it.
 """
 import socket
 from collections import deque

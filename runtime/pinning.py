@@ -2,8 +2,8 @@
 
 A worker runs Python on one core at a time anyway (the GIL), but its threads pass the GIL to one
 another hundreds of times a second; when they sit on different cores each pass is a cross-core
-wake-up. Pinned to one core, a GET / here costs 1.8 ms of CPU instead of 2.9 and 22 context
-switches instead of 71 (docs/performance.md). gunicorn.conf.py's hooks call the two functions
+wake-up. Pinned to one core, a GET / costs less CPU and a third of the context switches
+(docs/performance.md). gunicorn.conf.py's hooks call the two functions
 below: the master picks a CPU for each new worker (pre_fork), and the worker pins itself once
 its pools are started (post_worker_init), so pool processes keep every CPU.
 """

@@ -1,7 +1,8 @@
 """What runs inside a process-pool child, apart from the work itself.
 
 A module of its own so that a child imports only this and the work's module (services.primes),
-not pools.py with prometheus_client and the rest of the app: 8 MB less of RSS per child.
+not pools.py with prometheus_client and the rest of the app, whose memory each child would
+otherwise hold (docs/performance.md).
 """
 import os
 import select

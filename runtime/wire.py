@@ -21,12 +21,12 @@ framing code here, then gunicorn's parser parsed the same bytes again with its o
 disagreed (a chunk size "3   ", data not followed by CRLF, a trailer line without a colon) a
 request got a 500 with a traceback or two answers (200, then 400: a request-smuggling primitive
 behind a proxy), and gunicorn's chunked reader took time in the square of the body's size
-(800 KB in 1-byte chunks: 88 s of CPU). Now llhttp, Node.js's parser, strict by default, is the
+(docs/security.md). Now llhttp, Node.js's parser, strict by default, is the
 only one that reads the wire; gunicorn's parser gets a canonical copy of one request with its
 decoded body framed by Content-Length (Request.canonical), so it cannot see framing of its own.
 httptools is the binding uvicorn uses; h11 (pure Python) would take several microseconds a
-chunk, and gunicorn's own parser is the one being replaced. 1 MB in 1-byte chunks costs llhttp
-about 15 ms here (docs/security.md).
+chunk, and gunicorn's own parser is the one being replaced; llhttp's time is linear in the
+bytes (docs/security.md).
 
 Deadlines (issue 15) are Apache mod_reqtimeout's: the head within READ_HEAD_TIMEOUT_S of its
 first byte, extended by a second for each READ_MIN_RATE_BPS bytes received, up to

@@ -23,7 +23,7 @@ _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 class _DeadlineSocket(socket.socket):
     """A socket whose every receive waits only until `deadline`: a socket timeout bounds each
     recv, so an upstream that drips its answer a byte at a time would outlast any deadline
-    (issue 23, item 5: 12 s for a 2 s budget). http.client reads through socket.SocketIO,
+    (issue 23, item 5; docs/performance.md). http.client reads through socket.SocketIO,
     which calls recv_into."""
 
     deadline = math.inf
@@ -63,8 +63,8 @@ class ApiSource:
         self._address = (parts.hostname or "", parts.port or (443 if self._https else 80))
         self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         # http.client, one connection per thread, rather than a shared pool (urllib3, requests):
-        # a pool's locks and bookkeeping cost a GET 260 us of CPU here against 90 us, and every
-        # thread that reads the API needs a connection at once anyway (docs/performance.md).
+        # a pool's locks and bookkeeping cost a GET about three times the CPU, and every thread
+        # that reads the API needs a connection at once anyway (docs/performance.md).
         self._connection = PerThread(self._connect)
 
     def read(self, deadline: Monotonic) -> Any:

@@ -61,12 +61,12 @@ def check_chunk(chunk: tuple[Sequence[int], WallClock | None]) -> list[bool]:
     return check_batch(*chunk)
 
 
-# Fitted to gmpy2 2.3 / GMP 6.3 timings of primes: 15 digits ~20 us, 100 ~640 us, 900 ~99 ms on
-# the machine of the fit; calibrate() rescales it to the machine it runs on.
+# Fitted to gmpy2 / GMP timings of primes (docs/performance.md); calibrate() rescales it to the
+# machine it runs on.
 _scale = 1.0
-# A composite without small factors fails the first strong-probable-prime round: 8 % of a
-# prime's time at 50 digits, 11 % at 100, 16 % at 300, 23 % at 1000 here, about
-# 0.1 x (digits / 100) ** 0.3. A batch's least cost counts every number as a composite.
+# A composite without small factors fails the first strong-probable-prime round: a share of a
+# prime's time that grows with its digits (fitted: docs/performance.md). A batch's least cost
+# counts every number as a composite.
 def _composite_share(digits: int) -> float:
     return 0.1 * (digits / 100) ** 0.3
 
@@ -106,7 +106,7 @@ def calibrate(rounds: int = 3) -> float:
 
 @functools.cache
 def _calibration_prime() -> int:
-    return gmpy2.next_prime(gmpy2.mpz(10) ** (_CALIBRATION_DIGITS - 1))  # ~13 ms: found once
+    return gmpy2.next_prime(gmpy2.mpz(10) ** (_CALIBRATION_DIGITS - 1))  # found once
 
 
 def _time_us(fn: Callable[[int], object], arg: int) -> float:
