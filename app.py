@@ -201,7 +201,8 @@ def is_prime_get(numbers: str) -> Response:
 @bp.post("/is_prime")
 @overload.work
 def is_prime_post() -> Response:
-    """Check a JSON list of integers (numbers or strings of digits), for batches too long for a URL."""
+    """Check a JSON list of integers (numbers or strings of digits): batches too long for a
+    URL."""
     try:
         # parse_int=str: numbers stay text, so they meet the same checks as the path's, and
         # CPython's 4300-digit int limit never applies.

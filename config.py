@@ -124,15 +124,15 @@ class Config:
     API_URL = env_str("API_URL", stand_in_api_url(UPSTREAM_PORT))
     API_DELAY_MS = env_int("API_DELAY_MS", 300)
 
-    # Time budget of one request, counted from when its bytes arrived (runtime/worker.py); every
+    # Time budget of one request, counted from when its bytes arrived (runtime/stamps.py); every
     # read gets what is left. Under overload a worker serves the newest waiting request first,
     # and refuses (503, before Flask) one that has waited longer than MAX_QUEUE_WAIT_S
     # (runtime/overload.py): at most 1 s of the 2 s goes to waiting, and a GET / served after it
     # (0.3 s) is still in time.
     REQUEST_TIMEOUT_S = env_float("REQUEST_TIMEOUT_S", 2.0)
     MAX_QUEUE_WAIT_S = env_float("MAX_QUEUE_WAIT_S", 1.0)
-    # Once the queue has stood for 0.5 s (overload.CONGESTION_S), a request that waited this long
-    # is refused at once (CoDel, as in Maurer's "Fail at Scale"): in milliseconds, not a second.
+    # Once the queue has stood for 0.5 s (lifo_queue.CONGESTION_S), a request that waited this
+    # long is refused at once (CoDel, as in Maurer's "Fail at Scale"): in milliseconds.
     QUEUE_TARGET_MS = env_float("QUEUE_TARGET_MS", 5.0)
     # Admit only as many requests at once as finish within LIMIT_TARGET x REQUEST_TIMEOUT_S on
     # average (runtime/limit.py), between MIN_LIMIT and WEB_THREADS; off: WEB_THREADS.

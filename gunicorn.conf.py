@@ -39,7 +39,8 @@ bind = Config.BIND
 # WORKER_CLASS: gthread (a few processes of many threads: a request mostly waits on I/O, and
 # threads are far cheaper than processes), reading each request whole in its poller thread
 # before a thread gets it, stamping when each request was queued so that overload is shed, and
-# leaving connections to a less busy worker (runtime/worker.py).
+# leaving connections to a less busy worker (runtime/worker.py maps each job to its module).
+# With TLS, on_starting runs its parent, StampedThreadWorker, whose bytes gthread reads.
 worker_class = Config.WORKER_CLASS
 # WEB_WORKERS: one worker per core; each has its own thread and process pools.
 workers = Config.WEB_WORKERS
@@ -49,7 +50,7 @@ threads = Config.WEB_THREADS
 # on purpose: a connection gthread has accepted is queued with a time stamp and shed with a quick
 # 503 once it has waited too long, while one left in the kernel's backlog waits unseen. When all
 # are taken, a new connection closes the one that has waited longest for its request
-# (runtime/worker.py), so idle or slow clients cannot keep new ones out.
+# (runtime/channel.py), so idle or slow clients cannot keep new ones out.
 worker_connections = Config.WORKER_CONNECTIONS
 # BACKLOG: accept queue of the listening socket, so a burst of clients is not refused at connect.
 backlog = Config.BACKLOG

@@ -70,7 +70,8 @@ class CpuQueue:
         # otherwise admit batches that end 504 (issue 24).
         self._scale = 1.0
         self._executor = executor  # returns the current executor (a broken one is replaced)
-        self._waiting: list[tuple[float, int, Chunk]] = []  # a heap of (priority, order of arrival, Chunk)
+        # A heap of (priority, order of arrival, Chunk).
+        self._waiting: list[tuple[float, int, Chunk]] = []
         self._arrivals = itertools.count()
         self._running: list[Chunk] = []
         self._lock = threading.Lock()

@@ -22,7 +22,8 @@ SLOTS = 256  # workers alive at once on one host, at most (gunicorn forks anew a
 _pids: Any = None  # shared: the pid owning each slot, 0 if free
 _seconds: Any = None  # shared: the CPU seconds each slot's worker holds
 _claim_lock: Any = None  # shared: claiming a slot (once a worker)
-_slot_of_pid: dict[int, int] = {}  # this process's own slot, by pid (a forked child claims one of its own)
+# This process's own slot, by pid (a forked child claims one of its own).
+_slot_of_pid: dict[int, int] = {}
 
 
 def init() -> None:

@@ -23,7 +23,8 @@ REQUIRED = {
     "ThreadPoolExecutor": ("_work_queue",),
     "_WorkItem": ("future",),
     "ThreadWorker": ("nr_conns", "poller", "tpool", "method_queue", "_accepting",
-                     "keepalived_conns", "pending_conns", "worker_connections", "set_accept_enabled",
+                     "keepalived_conns", "pending_conns", "worker_connections",
+                     "set_accept_enabled",
                      "wait_for_and_dispatch_events", "finish_request", "murder_keepalived",
                      "_cap_keepalive", "enqueue_req", "get_thread_pool", "accept", "handle",
                      "handle_error"),
@@ -68,13 +69,13 @@ def missing() -> list[str]:
     shape = _work_item_shape()
     if shape not in WORK_ITEM_SHAPES:
         return [f"_WorkItem.__init__{shape}"]
+    item_args: list[Any] = [print, (), {}] if "fn" in shape else [(print, (), {})]
     executor = ThreadPoolExecutor(1)
     left, right = socket.socketpair()
     try:
         owners = {
             "ThreadPoolExecutor": executor,
-            "_WorkItem": _WorkItem(None, *([print, (), {}] if "fn" in shape else  # type: ignore[arg-type]
-                                          [(print, (), {})])),
+            "_WorkItem": _WorkItem(None, *item_args),  # type: ignore[arg-type]
             "ThreadWorker": ThreadWorker(0, 0, [], None, 30, GunicornConfig(), None),
             "TConn": TConn(GunicornConfig(), left, ("127.0.0.1", 0), None),
         }

@@ -4,7 +4,7 @@ A fixed number of request threads is either too few (the host's cores idle while
 waits on a slow source) or too many (past what the cores can serve, every admitted request gets
 slower, until all of them miss the deadline: issue 24). So a worker has threads for the most the
 host could carry (WEB_THREADS), and admits only `AdaptiveLimit.current` requests at once
-(runtime/overload.AdaptiveLifoQueue): the rest wait in the queue, newest first, and are refused
+(runtime/lifo_queue.AdaptiveLifoQueue): the rest wait in the queue, newest first, and are refused
 within milliseconds once the queue stands.
 
 The signal is latency against the deadline: the mean time the requests of a short window took,

@@ -1,17 +1,24 @@
 """Primality with GMP: parsing and validating requests, the test itself, and its cost estimate."""
+from __future__ import annotations
+
 import functools
 import heapq
 import math
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import gmpy2
 
-from runtime.clock import WallClock
+# Dask ships this module by value (runtime/dask_executor.py): a worker must need gmpy2 alone, so
+# the hints' types are imported for the checker only, and annotations stay strings.
+if TYPE_CHECKING:
+    from runtime.clock import WallClock
 
 # Miller-Rabin with the first 13 prime bases is exact below this bound (Sorenson and Webster,
-# "Strong pseudoprimes to twelve prime bases", Math. Comp. 2017: psi_13 = 3317044064679887385961981).
+# "Strong pseudoprimes to twelve prime bases", Math. Comp. 2017:
+# psi_13 = 3317044064679887385961981).
 _MR_BASES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41)
 _MR_EXACT_BELOW = 3317044064679887385961981
 _SMALL_PRIMES = frozenset(_MR_BASES)
