@@ -44,6 +44,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import NamedTuple
 
 import httptools
 
@@ -155,8 +156,7 @@ class Request:
         return b"\r\n".join(lines) + b"\r\n\r\n" + self.body
 
 
-@dataclass(frozen=True)
-class Framing:
+class Framing(NamedTuple):
     """What a request's head says of its body, once checked against the limits."""
 
     length: int | None  # Content-Length, if it had one
@@ -290,17 +290,13 @@ class RequestReader:
         self.deadline = Monotonic(now + (limits.idle_s if idle_s is None else idle_s))
         self._pending = bytearray()  # received, not yet parsed
         self._upgraded = False
-        self._message: _Message | None = _Message(limits, now)
-
-    @property
-    def _parsing(self) -> _Message:
-        assert self._message is not None, "the reader is closed"
-        return self._message
+        self._message = _Message(limits, now)  # closed with the reader, never used after
+        self._closed = False
 
     @property
     def phase(self) -> str:
         """What the next request's bytes are: "idle" (none yet), "head" or "body"."""
-        return self._parsing.phase
+        return self._message.phase
 
     @property
     def received(self) -> bool:
@@ -310,7 +306,7 @@ class RequestReader:
     @property
     def buffered(self) -> int:
         """Bytes this reader holds: received and not parsed, and the body read so far."""
-        return len(self._pending) + self._parsing.body_bytes
+        return len(self._pending) + self._message.body_bytes
 
     def feed(self, data: bytes | memoryview, now: Monotonic) -> bool:
         """Add bytes read from the socket; return whether a request is complete. Raises Refusal
@@ -320,7 +316,7 @@ class RequestReader:
 
     def parse(self, now: Monotonic) -> bool:
         """Parse what is pending while no request is complete; return whether one is."""
-        message = self._parsing
+        message = self._message
         message.now = now
         while not message.ready and self._pending and not self._upgraded:
             size = FEED_BYTES if message.phase == "body" else HEAD_FEED_BYTES
@@ -338,15 +334,15 @@ class RequestReader:
 
     def take(self) -> Request:
         """The oldest complete request."""
-        return self._parsing.ready.popleft()
+        return self._message.ready.popleft()
 
     def resume(self, now: Monotonic, idle_s: float) -> bool:
         """The previous request is answered: the next one's clock starts now (its bytes may have
         waited behind it), and a connection with nothing pending waits `idle_s` for them."""
-        self._parsing.started = now
+        self._message.started = now
         self.deadline = Monotonic(now + idle_s)
         complete = self.parse(now)
-        for request in self._parsing.ready:
+        for request in self._message.ready:
             request.pipelined = True
         return complete
 
@@ -354,13 +350,13 @@ class RequestReader:
         """Free what the reader holds now: the parser and its callbacks refer to each other, so
         without this a connection's bytes would wait for the cyclic garbage collector."""
         self._pending.clear()
-        if self._message is not None:
+        if not self._closed:  # a connection's close may come after its lingering close began
+            self._closed = True
             self._message.close()
-            self._message = None
 
     def take_continue(self) -> bytes:
         """The interim answer to send now, once (b"" if none is due)."""
-        message = self._parsing
+        message = self._message
         if not message.send_continue:
             return b""
         message.send_continue = False
@@ -368,7 +364,7 @@ class RequestReader:
 
     def _feed(self, piece: bytes) -> None:
         try:
-            self._parsing.parser.feed_data(piece)
+            self._message.parser.feed_data(piece)
         except httptools.HttpParserUpgrade:
             self._upgraded = True
         except httptools.HttpParserInvalidMethodError:

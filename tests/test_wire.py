@@ -254,3 +254,12 @@ def test_a_body_over_the_limit_is_413_without_reading_it(short_reads):
         sock.sendall(b"POST /is_prime HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n")
         head = sock.recv(65536)
     assert head.startswith(b"HTTP/1.1 413 ") and b"application/json" in head
+
+
+def test_a_reader_closed_twice_stays_closed():
+    # A connection's reader is closed when its lingering close starts and again when it ends.
+    reader = RequestReader(LIMITS, 0.0)
+    assert not reader.feed(b"GET / HTTP/1.1\r\nHost: x\r\n", 0.0)
+    reader.close()
+    reader.close()
+    assert reader.buffered == 0
