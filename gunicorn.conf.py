@@ -29,7 +29,6 @@ import pools
 import telemetry
 from config import Config
 from runtime import dask_executor, host_cpu, pinning, pool_child
-from runtime.worker import fitting
 from services.db import init_db
 
 # What to serve: the app factory, so importing app.py builds nothing (flaskr's create_app).
@@ -40,7 +39,7 @@ bind = Config.BIND
 # threads are far cheaper than processes), reading each request whole in its poller thread
 # before a thread gets it, stamping when each request was queued so that overload is shed, and
 # leaving connections to a less busy worker (runtime/worker.py maps each job to its module).
-# With TLS, on_starting runs its parent, StampedThreadWorker, whose bytes gthread reads.
+# With TLS, a worker runs as its parent, StampedThreadWorker, whose bytes gthread reads.
 worker_class = Config.WORKER_CLASS
 # WEB_WORKERS: one worker per core; each has its own thread and process pools.
 workers = Config.WEB_WORKERS
@@ -106,10 +105,9 @@ raw_env = [f"PROMETHEUS_MULTIPROC_DIR={_metrics_dir}"]
 
 
 def on_starting(server: Arbiter) -> None:
-    """Check CPU_EXECUTOR, choose the worker class for the sockets, empty the metrics directory
-    (and remove dead masters' ones), and seed the database once."""
+    """Check CPU_EXECUTOR, empty the metrics directory (and remove dead masters' ones), and
+    seed the database once."""
     dask_executor.parse(Config.CPU_EXECUTOR)  # a bad setting stops gunicorn here, saying why
-    server.worker_class = fitting(server.worker_class, server.cfg)  # TLS: gthread reads
     host_cpu.init()  # before any worker is forked: they all share it
 
     _remove_dead_masters_metrics()

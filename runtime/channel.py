@@ -73,8 +73,8 @@ class Worker(Protocol):
     log: Any
     poller: selectors.BaseSelector
 
-    def hand_off(self, channel: Channel) -> None:
-        """Give the channel's request, read whole, to a request thread."""
+    def hand_off(self, channel: Channel, now: Monotonic) -> None:
+        """Give the channel's request, read whole by `now`, to a request thread."""
 
 
 class Channel:
@@ -302,7 +302,7 @@ class _Reading:
         request = channel.request = channel.reader.take()
         now = monotonic()
         channel.arrived = now if request.pipelined else arrival(channel.sock, now)
-        self._channels.worker.hand_off(channel)
+        self._channels.worker.hand_off(channel, now)
 
     def _account(self, channel: Channel) -> None:
         held = channel.reader.buffered

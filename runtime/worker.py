@@ -37,7 +37,7 @@ import telemetry
 from runtime import internals, overload
 from runtime.accept import Accept, HoldBack
 from runtime.channel import Channel, Channels
-from runtime.clock import monotonic
+from runtime.clock import Monotonic
 from runtime.limit import AdaptiveLimit
 from runtime.stamps import StampingExecutor
 from runtime.wire import closing_error
@@ -110,10 +110,14 @@ class StampedThreadWorker(ThreadWorker):
             self.work_queue.put_back(item)
 
     def busy(self) -> bool:
-        """Whether this worker holds as many requests as it lets run at once."""
-        # Connections not waiting in the poller are with the executor: running or queued.
-        running = self.nr_conns - len(self.keepalived_conns) - len(self.pending_conns)
-        return running >= self.admits_at_once()
+        """Whether this worker holds as many requests as it lets run at once: past it, a request
+        would wait for room, not for a thread."""
+        # Connections not waiting on their client are with the executor: running or queued.
+        return self.nr_conns - self.waiting_on_clients() >= self.admits_at_once()
+
+    def waiting_on_clients(self) -> int:
+        """Connections this worker holds that wait on their client, not on a thread."""
+        return len(self.keepalived_conns) + len(self.pending_conns)
 
     def admits_at_once(self) -> int:
         """Requests this worker lets run at once now: its in-flight limit, else its threads."""
@@ -130,24 +134,30 @@ class GuardedThreadWorker(StampedThreadWorker):
     """StampedThreadWorker whose poller thread owns each connection's bytes (runtime/channel.py)
     and writes the cheapest refusals itself (runtime/overload.PollerRefusals)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The bytes of TLS or HTTP/2 are not plain HTTP/1: gthread reads them, and this worker is
+        # its parent. Decided here, where every start goes through (gunicorn's, a HUP reload's,
+        # a test's), not in a hook that one of them could miss.
+        self.__class__ = fitting(type(self), self.cfg)
+
     def init_admission(self, settings: Mapping[str, Any], is_work: overload.IsWork) -> None:
         """Admission as StampedThreadWorker's, the channels empty, no request with a thread."""
         super().init_admission(settings, is_work)
         self.channels = Channels(self, settings)
         self.refusals = overload.PollerRefusals(self.work_queue, settings, is_work)
-        self.in_threads = 0  # connections with the executor: queued or running
         self.publish_admission()
 
     def enqueue_req(self, conn: TConn) -> None:
         """gthread's accept hands each new connection here: read its request first."""
         self.channels.open(conn)
 
-    def hand_off(self, channel: Channel) -> None:
+    def hand_off(self, channel: Channel, now: Monotonic) -> None:
         """Give a request read whole to a request thread, unless the queue is full and it can be
         refused here (no hand-off, no queue, no thread: issue 24)."""
         request = channel.request
         assert request is not None
-        answer = self.refusals.at_hand_off(request, channel.arrived, monotonic())
+        answer = self.refusals.at_hand_off(request, channel.arrived, now)
         if answer and channel.write(answer):
             self.channels.answered(channel, True)
             return
@@ -159,7 +169,6 @@ class GuardedThreadWorker(StampedThreadWorker):
         conn = channel.conn
         conn.parser = http.get_parser(self.cfg, [request.canonical()], conn.client)
         conn.initialized = conn.data_ready = True
-        self.in_threads += 1
         future = self.tpool.submit_at(channel.arrived, self.handle, conn)
         future.add_done_callback(
             lambda done: self.method_queue.defer(self.finish_request, conn, done))
@@ -176,7 +185,6 @@ class GuardedThreadWorker(StampedThreadWorker):
     def finish_request(self, conn: TConn, fs: Future[Any]) -> None:
         """A request thread is done with `conn`: send the rest of its answer, then read its next
         request (keep-alive) or close it, without blocking the poller."""
-        self.in_threads -= 1
         channel = self.channels.of(conn)
         try:
             keep_alive = not fs.cancelled() and fs.result()
@@ -215,9 +223,9 @@ class GuardedThreadWorker(StampedThreadWorker):
         """Refuse here each plain GET that waited past its bound; a thread refuses the rest."""
         self.refusals.expired(self.channels.of)
 
-    def busy(self) -> bool:
-        """Past the in-flight limit, a request would wait for room, not for a thread."""
-        return self.in_threads >= self.admits_at_once()
+    def waiting_on_clients(self) -> int:
+        """Connections waiting for (the rest of) a request, or taking their answer."""
+        return len(self.channels.reading) + len(self.channels.sending)
 
 
 def fitting(worker_class: type, cfg: Any) -> type:

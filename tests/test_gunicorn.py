@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -14,7 +15,15 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from dev.harness import ROOT, Service, descendants, free_port, start_upstream, worker_pids
+from dev.harness import (
+    ROOT,
+    Service,
+    descendants,
+    free_port,
+    sqlite_url,
+    start_upstream,
+    worker_pids,
+)
 from tests.helpers import big_primes, run_clients, timed_get
 
 SEED_PROFILE = {"FILE_DELAY_MS": 100, "DB_DELAY_MS": 200}
@@ -270,3 +279,26 @@ def test_json_logs_and_the_caller_s_trace_reach_the_log_and_the_upstream(serve):
     assert first["trace_id"] == trace and first["status"] == 200 and first["duration_ms"] > 0
     own = [line for line in lines if line["logger"] == "service"]
     assert own and all(line["request_id"] != "-" for line in own)  # a line for each request
+
+
+@pytest.mark.slow
+def test_tls_is_served_by_gthreads_own_reading_before_and_after_a_reload(upstream, tmp_path):
+    # The poller reads plain HTTP/1 only: with TLS a worker runs as StampedThreadWorker, and
+    # still does after a HUP reload, which takes the worker class from the settings anew.
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    port = free_port()
+    env = {"PORT": str(port), "API_URL": upstream.url + "/", "DATABASE_URL": sqlite_url(tmp_path)}
+    command = [sys.executable, "-m", "gunicorn", "--certfile", str(cert), "--keyfile", str(key)]
+    with Service(command, port, env, ready_path=None) as service:
+        url = f"https://127.0.0.1:{port}/healthz"
+        assert requests.get(url, verify=str(cert), timeout=10).status_code == 200
+        before = set(worker_pids(service))
+        service.proc.send_signal(signal.SIGHUP)
+        give_up = time.monotonic() + 30
+        while before & set(worker_pids(service)) and time.monotonic() < give_up:
+            time.sleep(0.2)
+        assert not before & set(worker_pids(service)), "the reload kept the old workers"
+        assert requests.get(url, verify=str(cert), timeout=10).status_code == 200

@@ -87,6 +87,8 @@ def test_tls_is_left_to_gthreads_reading(options, fitting):
     for name, value in options.items():
         cfg.set(name, value)
     assert worker.fitting(worker.GuardedThreadWorker, cfg) is fitting
+    made = worker.GuardedThreadWorker(0, 0, [], None, 30, cfg, logging.getLogger("test"))
+    assert type(made) is fitting  # however it was started: gunicorn, a HUP reload, a test
 
 
 IS_WORK = {"/"}.__contains__
@@ -106,8 +108,7 @@ class BusyWorker:
         self.worker.tpool = self.worker.get_thread_pool()
         self.worker.poller = selectors.DefaultSelector()
         self.worker.init_admission(settings(), IS_WORK)
-        self.worker.nr_conns = 1
-        self.worker.in_threads = 1
+        self.worker.nr_conns = 1  # with the executor: its one thread is busy
         self.worker.set_accept_enabled(True)
         self.clients: list[socket.socket] = []
 
@@ -162,7 +163,7 @@ def test_after_yielding_a_busy_worker_takes_every_waiting_connection(busy):
 
 
 def test_a_worker_with_a_free_thread_accepts_at_once(busy):
-    busy.worker.in_threads = 0  # its one connection is idle, so its thread is free
+    busy.worker.nr_conns = 0  # its one request is answered, so its thread is free
     busy.connect(1)
     busy.worker.accept(busy.listener)
     assert busy.reading == 1 and accepting(busy)
@@ -189,8 +190,7 @@ def test_a_connection_evicted_earlier_in_the_same_batch_of_events_is_skipped(bus
     # a waiting connection; accepting evicted that connection, and its own event, next in the
     # same batch, raised KeyError in the poller, which took the whole worker down.
     most = busy.worker.worker_connections
-    busy.worker.in_threads = 0  # a free thread: connections are accepted at once
-    busy.worker.nr_conns = 0
+    busy.worker.nr_conns = 0  # a free thread: connections are accepted at once
     busy.connect(most - 1)
     for _ in range(most):  # one accept an event
         busy.worker.wait_for_and_dispatch_events(timeout=0.1)
