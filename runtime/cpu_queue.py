@@ -124,7 +124,8 @@ class CpuQueue:
                 try:
                     inner: Future[Any] = self._executor().submit(chunk.fn, chunk.arg)
                 except BaseException as exc:  # noqa: BLE001 - a broken or unreachable executor
-                    self._finish(chunk, exc=exc)
+                    self._ran(chunk)
+                    chunk.future.set_exception(exc)
                 else:
                     inner.add_done_callback(functools.partial(self._finish, chunk))
         finally:
@@ -142,8 +143,19 @@ class CpuQueue:
                     return chunk
             return None
 
-    def _finish(self, chunk: Chunk, done: Future[Any] | None = None,
-                exc: BaseException | None = None) -> None:
+    def _finish(self, chunk: Chunk, done: Future[Any]) -> None:
+        # The executor's future is done: its answer is the chunk's, and its place is free.
+        self._ran(chunk)
+        if done.cancelled():
+            chunk.future.set_exception(PoolRestarted("the task was lost"))
+        elif (exc := done.exception()) is not None:
+            chunk.future.set_exception(exc)
+        else:
+            chunk.future.set_result(done.result())
+        self._pump()
+
+    def _ran(self, chunk: Chunk) -> None:
+        # The chunk holds no place any more; what it took teaches the scale.
         with self._lock:
             if chunk in self._running:  # else _forget_lost took it out already
                 self._running.remove(chunk)
@@ -153,13 +165,6 @@ class CpuQueue:
                 taken = (time.monotonic() - chunk.started) / chunk.estimate
                 self._scale += (min(MAX_SCALE, max(MIN_SCALE, taken)) - self._scale) * SCALE_WEIGHT
             self._publish()
-        if exc is None and done is not None:
-            exc = done.exception() if not done.cancelled() else PoolRestarted("the task was lost")
-        if exc is None and done is not None:
-            chunk.future.set_result(done.result())
-        else:
-            chunk.future.set_exception(exc)
-        self._pump()
 
     def _forget_lost(self) -> None:
         now = time.monotonic()
