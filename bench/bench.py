@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -82,18 +81,14 @@ def memory_mb(pids):
     return rss / 1024, pss / 1024
 
 
-@contextmanager
 def seed_app(module, threads):
-    """A seed app under gunicorn's gthread worker, without this project's gunicorn.conf.py."""
+    """A seed app under gunicorn's gthread worker, without this project's gunicorn.conf.py: its
+    Service, stopped by a `with`."""
     port = free_port()
     command = [sys.executable, "-m", "gunicorn", "-c", "/dev/null", "-k", "gthread",
                "-w", str(Config.WEB_WORKERS), "--threads", str(threads), "--backlog", "2048",
                "--timeout", "120", "-b", f"127.0.0.1:{port}", f"bench.{module}:app"]
-    service = Service(command, port, ready_path="/nonexistent")
-    try:
-        yield service
-    finally:
-        service.stop()
+    return Service(command, port, ready_path="/nonexistent")
 
 
 def timed_get(url, times):
@@ -288,12 +283,12 @@ def versus_targets(versus):
     rows = []
     for clients in (500, 1000, 2000):
         ours = _run_at(seed["service"], clients)
-        ratios = {peer: _ratio(ours["goodput"], _run_at(seed[peer], clients)["goodput"])
-                  for peer in PEERS}
+        theirs = {peer: _run_at(seed[peer], clients)["goodput"] for peer in PEERS}
+        ratios = {peer: _ratio(ours["goodput"], goodput) for peer, goodput in theirs.items()}
         rows.append((f"seed latency, {clients} clients: goodput", "≥ 1.2 × each peer's",
-                     " · ".join(f"{r:.2f} × {peer} ({ours['goodput']:.0f} vs "
-                                f"{_run_at(seed[peer], clients)['goodput']:.0f} /s)"
-                                for peer, r in ratios.items()), min(ratios.values()) >= 1.2))
+                     " · ".join(f"{ratios[peer]:.2f} × {peer} ({ours['goodput']:.0f} vs "
+                                f"{goodput:.0f} /s)" for peer, goodput in theirs.items()),
+                     min(ratios.values()) >= 1.2))
     peak = max(run["goodput"] for run in seed["service"])
     at_2000 = _run_at(seed["service"], 2000)
     deadline_ms = Config.REQUEST_TIMEOUT_S * 1000

@@ -17,7 +17,6 @@ Another SQL server goes through SQLAlchemy's asyncio engine.
     python -m uvicorn bench.peer_asyncio:app --workers 2 --loop uvloop --http httptools
 """
 import asyncio
-import contextlib
 import sys
 import time
 import uuid
@@ -123,17 +122,12 @@ async def healthz():
     return {"status": "ok"}
 
 
-@contextlib.contextmanager
 def running(env, workers=Config.WEB_WORKERS):
     """Run the peer under uvicorn on a free port of 127.0.0.1 with `env` over the environment
-    (the same settings the service gets); yield its Service, stop it after."""
+    (the same settings the service gets): its Service, stopped by a `with`."""
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", f"{__name__}:app", "--host", "127.0.0.1",
                "--port", str(port), "--workers", str(workers), "--loop", "uvloop", "--http",
                "httptools", "--no-access-log", "--log-level", "warning", "--backlog",
                str(Config.BACKLOG), "--timeout-keep-alive", str(Config.KEEPALIVE)]
-    service = Service(command, port, {k: str(v) for k, v in env.items()})
-    try:
-        yield service
-    finally:
-        service.stop()
+    return Service(command, port, {k: str(v) for k, v in env.items()})

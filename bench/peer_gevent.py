@@ -10,7 +10,6 @@ greenlets). The asyncio read loop is off (a gevent app waits on gevent's hub, no
 
     gunicorn -k gevent -w 2 --worker-connections 1000 'app:create_app()'
 """
-import contextlib
 import sys
 
 from config import Config
@@ -19,10 +18,9 @@ from dev.harness import Service, free_port
 WORKER_CONNECTIONS = 1000
 
 
-@contextlib.contextmanager
 def running(env, workers=Config.WEB_WORKERS):
     """Run the peer under gunicorn's gevent worker on a free port of 127.0.0.1 with `env` over
-    the environment (the same settings the service gets); yield its Service, stop it after."""
+    the environment (the same settings the service gets): its Service, stopped by a `with`."""
     port = free_port()
     command = [sys.executable, "-m", "gunicorn", "-c", "/dev/null", "-k", "gevent",
                "-w", str(workers), "--worker-connections", str(WORKER_CONNECTIONS),
@@ -30,8 +28,4 @@ def running(env, workers=Config.WEB_WORKERS):
                "--log-level", "warning", "-b", f"127.0.0.1:{port}", "app:create_app()"]
     settings = {**{k: str(v) for k, v in env.items()}, "READ_LOOP": "0",
                 "WEB_THREADS": str(WORKER_CONNECTIONS)}
-    service = Service(command, port, settings)
-    try:
-        yield service
-    finally:
-        service.stop()
+    return Service(command, port, settings)

@@ -44,7 +44,8 @@ def free_port():
 
 
 class Service:
-    """A real server process, stopped with its whole process group."""
+    """A real server process, stopped with its whole process group (by stop(), or at the end of
+    a `with` block)."""
 
     def __init__(self, command, port, env=None, ready_path="/healthz", is_ready=None):
         """Start `command`; wait until GET ready_path answers, or, when ready_path is None,
@@ -63,6 +64,12 @@ class Service:
             self._wait_ready(self._answers_http, ready_path)
         else:
             self._wait_ready(is_ready or self._accepts_tcp, f"port {port}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
 
     def _answers_http(self, path):
         requests.get(self.url + path, timeout=1)
@@ -250,12 +257,6 @@ def deployment(data_dir, api_delay_ms=Config.API_DELAY_MS, **env):
     """The default deployment with the seed's latency profile, as `make run` starts it:
     the upstream (answering after `api_delay_ms`) and gunicorn; yields (gunicorn, upstream)
     and stops both."""
-    upstream = start_upstream(delay_ms=api_delay_ms)
-    try:
-        service = start_gunicorn(upstream.url + "/", data_dir, **env)
-        try:
-            yield service, upstream
-        finally:
-            service.stop()
-    finally:
-        upstream.stop()
+    with start_upstream(delay_ms=api_delay_ms) as upstream, \
+            start_gunicorn(upstream.url + "/", data_dir, **env) as service:
+        yield service, upstream
